@@ -1,0 +1,148 @@
+"""The `defense-cli` command line (Typer). The only module that parses arguments."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import traceback
+from typing import Callable, Optional
+
+import typer
+from omegaconf import DictConfig, OmegaConf
+
+from defense_cli.config import GROUPS, compose, group_options
+from defense_cli.errors import ConfigError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Run, sweep and compare adversarial defenses, attacks and CNN compressions "
+         "from Hydra configs; results go to MLflow.",
+)
+HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["--help"]}
+EXIT_BAD_INPUT = 2
+
+
+def _dispatch(task: Callable[[DictConfig], object], args: list[str]) -> None:
+    """Run a Hydra task; config mistakes exit 2 with one paragraph, crashes exit 1."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from defense_cli.hydra_app import launch
+
+    try:
+        launch(task, args)
+    except ConfigError as err:
+        _fail(str(err))
+    except (HydraException, OmegaConfBaseException) as err:
+        _fail(explain_config_error(err, args))
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)
+    except Exception:
+        traceback.print_exc()
+        raise typer.Exit(1)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def explain_config_error(err: Exception, args: list[str]) -> str:
+    """One paragraph for a Hydra/OmegaConf error: what is wrong, and what is allowed there."""
+    text = " ".join(str(err).split())
+    match = re.search(r"Key '([^']+)' is not in struct full_key: ([\w.]+)", text)
+    if match:
+        full_key = match.group(2)
+        parent = full_key.rpartition(".")[0]
+        allowed = _allowed_keys(parent, args)
+        return (f"unknown config key '{full_key}'. Allowed keys in '{parent or 'the root config'}': "
+                f"{', '.join(allowed)}. (To add a new key on purpose, write +{full_key}=VALUE.)")
+    return text
+
+
+def _allowed_keys(parent: str, args: list[str]) -> list[str]:
+    group_choices = [a for a in args if re.fullmatch(r"[\w/]+=[^,=]+", a)]
+    try:
+        cfg = compose(group_choices)
+    except Exception:
+        cfg = compose()
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _run_task(cfg: DictConfig) -> None:
+    from defense_cli.experiment import run_experiment
+
+    run_experiment(cfg)
+
+
+def _train_task(cfg: DictConfig) -> None:
+    from defense_cli.experiment import train_only
+
+    train_only(cfg)
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def run(ctx: typer.Context) -> None:
+    """Run one experiment (or a sweep with -m) and log it to MLflow.
+
+    Arguments are Hydra overrides: GROUP=OPTION picks a config file, KEY=VALUE sets a value.
+
+    Examples:
+
+      defense-cli run defense=jpeg attack=pgd attack.eps=0.0313 threat_model=gray_box
+
+      defense-cli run -m defense=none,jpeg attack.eps=0.01,0.03
+
+      defense-cli run --cfg job        (print the composed config)
+    """
+    _dispatch(_run_task, list(ctx.args))
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def train(ctx: typer.Context) -> None:
+    """Train the classifier alone (or reuse the cached one) and report its test accuracy.
+
+    Example: defense-cli train model=lenet train.epochs=5
+    """
+    _dispatch(_train_task, list(ctx.args))
+
+
+@app.command("list")
+def list_options(group: Optional[str] = typer.Argument(None, help="a config group, e.g. defense")) -> None:
+    """List the options of each config group with a one-line description.
+
+    Example: defense-cli list defense
+    """
+    groups = [group] if group else list(GROUPS)
+    for name in groups:
+        try:
+            options = group_options(name)
+        except ConfigError as err:
+            _fail(str(err))
+        typer.echo(f"{name}:")
+        for option, description in options.items():
+            typer.echo(f"  {option:<16} {description}")
+
+
+@app.command()
+def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
+       overrides: Optional[list[str]] = typer.Argument(None, help="overrides that choose the store")) -> None:
+    """Start the MLflow UI on 127.0.0.1 against the project's tracking store.
+
+    Example: defense-cli ui --port 5001
+    """
+    from defense_cli.tracking import tracking_uri
+
+    uri = tracking_uri(compose(overrides or []))
+    typer.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(port)]
+    raise typer.Exit(subprocess.call(command))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,47 @@
+"""Turn an Evaluation into the metrics a run logs and prints."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from defense_cli import metrics as m
+from defense_cli.evaluation import Evaluation
+
+
+def summarize(ev: Evaluation) -> dict[str, float]:
+    """All scalar metrics of one evaluation (NaN where undefined)."""
+    labels = ev.cat("labels")
+    clean, dclean = ev.cat("clean"), ev.cat("defended_clean")
+    adv, dadv = ev.cat("adversarial"), ev.cat("defended_adversarial")
+    l2, linf = ev.cat("l2"), ev.cat("linf")
+    fooled = (clean == labels) & (adv != labels)
+    n = len(labels)
+    return {
+        "n_images": float(n),
+        "clean_accuracy": m.accuracy(clean, labels),
+        "defended_clean_accuracy": m.accuracy(dclean, labels),
+        "undefended_robust_accuracy": m.accuracy(adv, labels),
+        "robust_accuracy": m.accuracy(dadv, labels),
+        "attack_success_rate": m.attack_success_rate(dclean, dadv, labels),
+        "undefended_attack_success_rate": m.attack_success_rate(clean, adv, labels),
+        "destruction_rate": m.destruction_rate(clean, adv, dadv, labels),
+        "mean_l2": m.mean_or_nan(l2),
+        "mean_linf": m.mean_or_nan(linf),
+        "mean_l2_successful": m.mean_or_nan(l2[fooled]),
+        "mean_linf_successful": m.mean_or_nan(linf[fooled]),
+        "defended_clean_psnr": _finite_mean(ev.cat("psnr")),
+        "defended_clean_ssim": m.mean_or_nan(ev.cat("ssim")),
+        "attack_seconds": ev.attack_seconds,
+        "defense_seconds": ev.defense_seconds,
+        "defense_seconds_per_image": ev.defense_seconds / (2 * n) if n else math.nan,
+        "gradient_evaluations": float(ev.gradient_evaluations),
+        "queries": float(ev.queries),
+    }
+
+
+def _finite_mean(values: torch.Tensor) -> float:
+    """Mean PSNR over images that changed; +inf when the defense changed none."""
+    finite = values[torch.isfinite(values)]
+    return m.mean_or_nan(finite) if finite.numel() else math.inf

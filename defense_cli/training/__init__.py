@@ -1,0 +1,1 @@
+"""Classifier training (plain, on defended images, adversarial) and the artifact cache."""

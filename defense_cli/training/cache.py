@@ -1,0 +1,75 @@
+"""A disk cache for expensive artifacts (trained classifiers, defended training sets, fitted parts).
+
+Entries are keyed by a hash of everything that determines them. Writes go to a temporary file
+that is renamed into place, so an interrupted write never leaves a readable partial entry; reads
+verify the file loads (`weights_only=True`) and carries the key it was stored under, and a corrupt
+entry is deleted and reported as a miss so the caller rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """A stable 16-hex-digit hash of a JSON-able (or OmegaConf) description."""
+    plain = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+             for k, v in parts.items()}
+    text = json.dumps({"format": CACHE_FORMAT, **plain}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """Write `payload` with torch.save to a temp file in the same folder, then rename it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(payload, tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_verified(path: Path, expected_key: str | None = None) -> dict[str, Any] | None:
+    """The entry at `path`, or None when absent; a corrupt or mismatched entry is deleted."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, wrong format...
+        log.warning("cache entry %s is corrupt (%s); rebuilding it", path, err)
+        path.unlink(missing_ok=True)
+        return None
+    if not isinstance(payload, dict) or (expected_key and payload.get("key") != expected_key):
+        log.warning("cache entry %s does not carry key %s; rebuilding it", path, expected_key)
+        path.unlink(missing_ok=True)
+        return None
+    return payload
+
+
+def cached(path: Path, key: str, build: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """Load the entry stored under `key` at `path`, or build, store and return it.
+
+    Returns (payload, hit). The payload gets a "key" field.
+    """
+    payload = load_verified(path, key)
+    if payload is not None:
+        return payload, True
+    payload = {**build(), "key": key}
+    save_atomic(payload, path)
+    return payload, False

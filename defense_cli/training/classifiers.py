@@ -1,0 +1,90 @@
+"""Train-or-load: a classifier is trained once per (dataset, model, train config, preprocessing)
+and cached; later runs load it (`torch.load(weights_only=True)`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from defense_cli.data import DatasetSplits, ImageSet
+from defense_cli.models import Classifier, build_classifier
+from defense_cli.training.cache import cache_key, cached
+from defense_cli.training.defended_data import defended_training_set
+from defense_cli.training.trainer import predict, train_classifier
+
+log = logging.getLogger(__name__)
+
+#: dataset keys that do not change the trained model
+DATASET_KEYS_NOT_IN_KEY = ("limit", "data_dir", "download")
+TRAIN_KEYS_NOT_IN_KEY = ("num_workers",)
+
+
+@dataclass
+class TrainedClassifier:
+    """A ready classifier and how it was obtained."""
+
+    model: Classifier
+    key: str
+    path: Path
+    cache_hit: bool
+    seconds: float
+    train_accuracy: float
+
+
+def classifier_key(dataset_cfg: DictConfig, model_cfg: DictConfig, train_cfg: DictConfig,
+                   preprocess_cfg: DictConfig | None) -> str:
+    """Hash of everything that determines the trained weights."""
+    return cache_key({
+        "dataset": _without(dataset_cfg, DATASET_KEYS_NOT_IN_KEY),
+        "model": model_cfg,
+        "train": _without(train_cfg, TRAIN_KEYS_NOT_IN_KEY),
+        "preprocess": preprocess_cfg if preprocess_cfg is not None else "none",
+    })
+
+
+def obtain_classifier(
+    dataset_cfg: DictConfig, model_cfg: DictConfig, train_cfg: DictConfig, splits: DatasetSplits,
+    cache_dir: Path, device: torch.device, preprocess_cfg: DictConfig | None = None,
+) -> TrainedClassifier:
+    """Load the cached classifier for this config, or train and cache it."""
+    key = classifier_key(dataset_cfg, model_cfg, train_cfg, preprocess_cfg)
+    path = cache_dir / "models" / f"{model_cfg.name}-{dataset_cfg.name}-{key}.pt"
+    model = build_classifier(model_cfg, dataset_cfg)
+    start = time.perf_counter()
+
+    def build() -> dict:
+        torch.manual_seed(train_cfg.seed)
+        fresh = build_classifier(model_cfg, dataset_cfg)
+        data = splits.train
+        if preprocess_cfg is not None:
+            data = defended_training_set(splits.train, preprocess_cfg, dataset_cfg, cache_dir, device,
+                                         train_cfg.seed)
+        history = train_classifier(fresh, data, train_cfg, device, desc=f"train {model_cfg.name}")
+        return {"state_dict": {k: v.cpu() for k, v in fresh.state_dict().items()},
+                "train_accuracy": history.accuracies[-1] if history.accuracies else float("nan"),
+                "losses": history.losses}
+
+    payload, hit = cached(path, key, build)
+    model.load_state_dict(payload["state_dict"])
+    model.to(device).eval()
+    return TrainedClassifier(model, key, path, hit, time.perf_counter() - start,
+                             float(payload["train_accuracy"]))
+
+
+def test_accuracy(model: Classifier, data: ImageSet, device: torch.device, batch_size: int = 512) -> float:
+    """Top-1 accuracy on an ImageSet."""
+    correct = 0
+    for images, labels in data.batches(batch_size, device=device):
+        correct += (predict(model, images, batch_size) == labels).sum().item()
+    return correct / max(1, len(data))
+
+
+def _without(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in plain.items() if k not in keys}

@@ -1,0 +1,46 @@
+"""Training sets passed through a defense (SPLIC-Net, ME-Net training), computed once and cached.
+
+The defended set is keyed by the dataset and the defense config, so a sweep over classifier
+settings reuses it. A defense may return several views of each image for training (ME-Net trains
+on n masks): it does so by defining `training_views(images, generator) -> list of batches`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from defense_cli.data import ImageSet
+from defense_cli.defenses import DefenseContext, build_defense
+from defense_cli.training.cache import cache_key, cached
+
+BATCH = 256
+
+
+def defended_training_set(train: ImageSet, defense_cfg: DictConfig, dataset_cfg: DictConfig,
+                          cache_dir: Path, device: torch.device, seed: int) -> ImageSet:
+    """`train` with every image replaced by its defended version(s); cached on disk."""
+    dataset_part = {k: v for k, v in OmegaConf.to_container(dataset_cfg, resolve=True).items()
+                    if k not in ("limit", "data_dir", "download")}
+    key = cache_key({"dataset": dataset_part, "defense": defense_cfg, "seed": seed, "n": len(train)})
+    path = cache_dir / "defended" / f"{defense_cfg.name}-{dataset_cfg.name}-{key}.pt"
+
+    def build() -> dict:
+        defense = build_defense(defense_cfg)
+        defense.prepare(DefenseContext(train_set=train, cache_dir=cache_dir, device=device, seed=seed))
+        generator = torch.Generator(device=device).manual_seed(seed)
+        views = getattr(defense, "training_views", None)
+        images, labels = [], []
+        for batch, batch_labels in tqdm(train.batches(BATCH, device=device), total=-(-len(train) // BATCH),
+                                        desc=f"defend training set ({defense_cfg.name})", leave=False, disable=None):
+            outputs = views(batch, generator) if views is not None else [defense(batch, generator)]
+            for out in outputs:
+                images.append(out.mul(255).round().to(torch.uint8).cpu())
+                labels.append(batch_labels.cpu())
+        return {"images": torch.cat(images), "labels": torch.cat(labels)}
+
+    payload, _ = cached(path, key, build)
+    return ImageSet(payload["images"], payload["labels"])

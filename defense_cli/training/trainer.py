@@ -1,0 +1,79 @@
+"""Supervised training of a classifier on an ImageSet, deterministic under `train.seed`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from tqdm.auto import tqdm
+
+from defense_cli.data import ImageSet
+from defense_cli.training.augment import random_crop_flip
+
+
+@dataclass
+class TrainingLog:
+    """Loss and accuracy on the training set, per epoch."""
+
+    losses: list[float]
+    accuracies: list[float]
+
+
+def make_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: DictConfig, steps_per_epoch: int):
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    if cfg.schedule == "step":
+        every = cfg.step_size * steps_per_epoch
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.1 ** (s // every))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+
+def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: torch.device,
+                     desc: str = "train") -> TrainingLog:
+    """Train `model` in place with cross-entropy for `cfg.epochs` epochs; returns the epoch log."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    schedule = make_schedule(optimizer, cfg, steps_per_epoch)
+    log = TrainingLog([], [])
+    model.to(device)
+    for epoch in range(cfg.epochs):
+        model.train()
+        loss_sum, correct = 0.0, 0
+        bar = tqdm(data.batches(cfg.batch_size, shuffle=True, generator=generator, device=device),
+                   total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
+        for images, labels in bar:
+            if cfg.get("augment", False):
+                images = random_crop_flip(images, generator)
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        log.losses.append(loss_sum / len(data))
+        log.accuracies.append(correct / len(data))
+    model.eval()
+    return log
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Predicted labels of a float batch, computed in chunks."""
+    model.eval()
+    return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
