@@ -144,5 +144,62 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
     raise typer.Exit(subprocess.call(command))
 
 
+bench_app = typer.Typer(help="Benchmarks that print speed and quality figures (never timed tests).",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def _bench_setup(device: str, cache: Optional[str]):
+    from pathlib import Path
+
+    from defense_cli.experiment import cache_dir, resolve_device
+
+    try:
+        dev = resolve_device(device)
+    except ConfigError as err:
+        _fail(str(err))
+    return dev, Path(cache) if cache else cache_dir(compose())
+
+
+@bench_app.command("defenses")
+def bench_defenses_command(
+    defense: Optional[list[str]] = typer.Option(None, "--defense", "-d", help="defense option(s); default: all"),
+    images: int = typer.Option(512, help="CIFAR-10 test images in the batch"),
+    reference_images: int = typer.Option(64, help="images given to the slow per-image reference"),
+    repeats: int = typer.Option(1, help="timed repeats after one warm-up (best is kept)"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    reference: bool = typer.Option(True, help="also time the simple per-image reference versions"),
+    cache: Optional[str] = typer.Option(None, help="cache folder (default: the project's)"),
+) -> None:
+    """Images/s, PSNR and SSIM of each defense on CIFAR-10 (JPEG copy) test images, with the
+    speed-up over a simple per-image reference measured in the same run.
+
+    Example: defense-cli bench defenses -d jpeg -d splic --images 512
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from defense_cli.bench.defenses import bench_defenses
+    from defense_cli.bench.machine import describe_machine
+
+    dev, cache_path = _bench_setup(device, cache)
+    try:
+        rows = bench_defenses(defense, images, dev, cache_path, repeats, reference, reference_images)
+    except ConfigError as err:
+        _fail(str(err))
+    table = Table(title=f"defenses on {images} CIFAR-10 (JPEG copy) test images, {dev}")
+    for column in ("defense", "images/s", "PSNR dB", "SSIM", "reference images/s", "speed-up", "max |diff| to ref"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        ref = row.reference_images_per_second
+        table.add_row(row.name, f"{row.images_per_second:,.1f}", f"{row.psnr:.2f}", f"{row.ssim:.4f}",
+                      "-" if ref is None else f"{ref:,.1f}",
+                      "-" if row.speedup is None else f"{row.speedup:.1f}x",
+                      "-" if row.max_abs_diff_to_reference is None else f"{row.max_abs_diff_to_reference:.2e}")
+    console = Console()
+    console.print(table)
+    console.print(f"machine: {describe_machine(dev)}")
+
+
 if __name__ == "__main__":
     app()

@@ -17,6 +17,12 @@ def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse)
 
 
+def mean_psnr(values: torch.Tensor) -> float:
+    """Mean PSNR over images the defense changed; +inf when it changed none."""
+    finite = values[torch.isfinite(values)]
+    return finite.float().mean().item() if finite.numel() else float("inf")
+
+
 def _gaussian_window(size: int, sigma: float, channels: int, like: torch.Tensor) -> torch.Tensor:
     coords = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
     g = torch.exp(-coords.pow(2) / (2 * sigma**2))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from defense_cli import metrics as m
+from defense_cli.image_quality import mean_psnr
 from defense_cli.evaluation import Evaluation
 
 
@@ -31,7 +30,7 @@ def summarize(ev: Evaluation) -> dict[str, float]:
         "mean_linf": m.mean_or_nan(linf),
         "mean_l2_successful": m.mean_or_nan(l2[fooled]),
         "mean_linf_successful": m.mean_or_nan(linf[fooled]),
-        "defended_clean_psnr": _finite_mean(ev.cat("psnr")),
+        "defended_clean_psnr": mean_psnr(ev.cat("psnr")),
         "defended_clean_ssim": m.mean_or_nan(ev.cat("ssim")),
         "attack_seconds": ev.attack_seconds,
         "defense_seconds": ev.defense_seconds,
@@ -39,9 +38,3 @@ def summarize(ev: Evaluation) -> dict[str, float]:
         "gradient_evaluations": float(ev.gradient_evaluations),
         "queries": float(ev.queries),
     }
-
-
-def _finite_mean(values: torch.Tensor) -> float:
-    """Mean PSNR over images that changed; +inf when the defense changed none."""
-    finite = values[torch.isfinite(values)]
-    return m.mean_or_nan(finite) if finite.numel() else math.inf

@@ -115,9 +115,16 @@ def _load_image_folder(cfg: DictConfig, cache_dir: Path | None) -> DatasetSplits
             f"dataset.root=<dir>."
         )
     classes = tuple(sorted(p.name for p in (root / "train").iterdir() if p.is_dir()))
-    train = _read_split(root / "train", classes, cfg.image_size, cache_dir)
-    test = _read_split(root / "test", classes, cfg.image_size, cache_dir)
+    generator = torch.Generator().manual_seed(cfg.shuffle_seed)
+    train = _shuffled(_read_split(root / "train", classes, cfg.image_size, cache_dir), generator)
+    test = _shuffled(_read_split(root / "test", classes, cfg.image_size, cache_dir), generator)
     return DatasetSplits(train.head(cfg.get("train_limit")), test, classes)
+
+
+def _shuffled(data: ImageSet, generator: torch.Generator) -> ImageSet:
+    """Class folders are read in order; shuffle so that `limit` takes a mix of classes."""
+    order = torch.randperm(len(data), generator=generator)
+    return ImageSet(data.images[order], data.labels[order])
 
 
 def _read_split(folder: Path, classes: tuple[str, ...], size: int, cache_dir: Path | None) -> ImageSet:

@@ -40,6 +40,10 @@ class Defense(ABC):
 
     #: True when the output depends on random draws (EOT applies; report mean/std over draws).
     randomized: ClassVar[bool] = False
+    #: True when `prepare` needs `context.classifier` (LRC-HSP keypoints, R-CAM, Aug-MSROI).
+    needs_classifier: ClassVar[bool] = False
+    #: True when `prepare` needs `context.train_set` (STL dictionaries, quilting patches).
+    needs_train_set: ClassVar[bool] = False
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         check_images(images)

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (speed and quality), never timed tests."""

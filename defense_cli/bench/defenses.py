@@ -1,0 +1,92 @@
+"""`defense-cli bench defenses`: images/s, PSNR and SSIM per defense on CIFAR-10 test images,
+with the simple per-image reference version (when one exists) timed on the same batch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from omegaconf import OmegaConf
+
+from defense_cli.bench.cifar import cifar10_jpeg
+from defense_cli.bench.references import references
+from defense_cli.config import compose_group_option, group_options
+from defense_cli.defenses import Defense, DefenseContext, build_defense
+from defense_cli.image_quality import mean_psnr, psnr, ssim
+
+BENCH_CLASSIFIER = {"name": "small_cnn", "width": 32}
+
+
+@dataclass
+class DefenseBenchRow:
+    name: str
+    images_per_second: float
+    psnr: float
+    ssim: float
+    reference_images_per_second: float | None = None
+    max_abs_diff_to_reference: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.reference_images_per_second is None:
+            return None
+        return self.images_per_second / self.reference_images_per_second
+
+
+def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> tuple[torch.Tensor, float]:
+    """Best wall time of `repeats` calls after one warm-up, and the last output."""
+    out = fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return out, best
+
+
+def bench_context(needs: set[str], cache_dir: Path, device: torch.device, splits) -> DefenseContext:
+    """Classifier / training set for defenses that need them (a small CNN trained on CIFAR-10 JPEG)."""
+    context = DefenseContext(train_set=splits.train, cache_dir=cache_dir, device=device)
+    if "classifier" in needs:
+        from defense_cli.training.classifiers import obtain_classifier
+
+        dataset_cfg = OmegaConf.merge(compose_group_option("dataset", "image_folder"), {"root": "cifar10-jpeg"})
+        train_cfg = OmegaConf.merge(compose_group_option("train", "default"), {"epochs": 3, "augment": True})
+        context.classifier = obtain_classifier(dataset_cfg, OmegaConf.create(BENCH_CLASSIFIER), train_cfg,
+                                               splits, cache_dir, device).model
+    return context
+
+
+def bench_defenses(names: list[str] | None, n_images: int, device: torch.device, cache_dir: Path,
+                   repeats: int = 1, with_reference: bool = True, reference_images: int = 64) -> list[DefenseBenchRow]:
+    """Benchmark each defense option on the first `n_images` (shuffled) CIFAR-10 test images."""
+    names = names or [n for n in group_options("defense") if n != "none"]
+    splits = cifar10_jpeg(cache_dir)
+    images = splits.test.float_images(slice(0, n_images)).to(device)
+    configs = {name: compose_group_option("defense", name) for name in names}
+    defenses: dict[str, Defense] = {name: build_defense(cfg) for name, cfg in configs.items()}
+    needs = {"classifier" for d in defenses.values() if d.needs_classifier}
+    context = bench_context(needs, cache_dir, device, splits)
+    refs = references() if with_reference else {}
+    rows = []
+    for name, defense in defenses.items():
+        defense.prepare(context)
+        generator = torch.Generator(device=device).manual_seed(0)
+        out, seconds = timed(lambda: defense(images, generator), device, repeats)
+        row = DefenseBenchRow(name, len(images) / seconds, mean_psnr(psnr(images, out)),
+                              ssim(images, out).mean().item())
+        if name in refs:
+            subset = images[:reference_images]
+            ref_out, ref_seconds = timed(lambda: refs[name](subset, defense), device, 1)
+            row.reference_images_per_second = len(subset) / ref_seconds
+            if not defense.randomized:
+                row.max_abs_diff_to_reference = (ref_out - out[: len(subset)]).abs().max().item()
+        rows.append(row)
+    return rows
