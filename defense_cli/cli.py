@@ -52,10 +52,10 @@ def _fail(message: str) -> None:
 
 def explain_config_error(err: Exception, args: list[str]) -> str:
     """One paragraph for a Hydra/OmegaConf error: what is wrong, and what is allowed there."""
-    text = " ".join(str(err).split())
-    match = re.search(r"Key '([^']+)' is not in struct full_key: ([\w.]+)", text)
-    if match:
-        full_key = match.group(2)
+    text = " ".join(str(err).split()).split(" Config search path:")[0]
+    match = re.search(r"Could not override '([\w.]+)'", text)
+    if match and "+" + match.group(1) in text:
+        full_key = match.group(1)
         parent = full_key.rpartition(".")[0]
         allowed = _allowed_keys(parent, args)
         return (f"unknown config key '{full_key}'. Allowed keys in '{parent or 'the root config'}': "

@@ -18,7 +18,7 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     """Share of predictions equal to labels (NaN on an empty set)."""
     if labels.numel() == 0:
         return math.nan
-    return (predictions == labels).float().mean().item()
+    return (predictions == labels).double().mean().item()
 
 
 def attack_success_rate(clean_predictions: torch.Tensor, adversarial_predictions: torch.Tensor,
@@ -27,7 +27,7 @@ def attack_success_rate(clean_predictions: torch.Tensor, adversarial_predictions
     correct = clean_predictions == labels
     if not correct.any():
         return math.nan
-    return (adversarial_predictions[correct] != labels[correct]).float().mean().item()
+    return (adversarial_predictions[correct] != labels[correct]).double().mean().item()
 
 
 def destruction_rate(clean_predictions: torch.Tensor, adversarial_predictions: torch.Tensor,
@@ -36,7 +36,7 @@ def destruction_rate(clean_predictions: torch.Tensor, adversarial_predictions: t
     flipped = (clean_predictions == labels) & (adversarial_predictions != labels)
     if not flipped.any():
         return math.nan
-    return (defended_adversarial_predictions[flipped] == labels[flipped]).float().mean().item()
+    return (defended_adversarial_predictions[flipped] == labels[flipped]).double().mean().item()
 
 
 def perturbation_norms(clean: torch.Tensor, adversarial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,4 +46,4 @@ def perturbation_norms(clean: torch.Tensor, adversarial: torch.Tensor) -> tuple[
 
 
 def mean_or_nan(values: torch.Tensor) -> float:
-    return values.float().mean().item() if values.numel() else math.nan
+    return values.double().mean().item() if values.numel() else math.nan

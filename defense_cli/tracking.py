@@ -37,6 +37,13 @@ def tracking_uri(cfg: DictConfig) -> str:
     return explicit or f"sqlite:///{home_dir(cfg) / 'mlflow.db'}"
 
 
+def artifact_root(uri: str) -> str | None:
+    """Artifacts of a SQLite store live in `mlruns/` beside the database file (None: MLflow's default)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").resolve().as_uri()
+
+
 def flatten(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config -> {"attack.eps": "0.03", ...}, values as strings cut to MLflow's limit."""
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
@@ -70,7 +77,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=uri)
         existing = self.client.get_experiment_by_name(experiment_name)
         self.experiment_id = (existing.experiment_id if existing is not None
-                              else self.client.create_experiment(experiment_name))
+                              else self.client.create_experiment(experiment_name, artifact_root(uri)))
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Tracker:

@@ -8,6 +8,9 @@ from typing import Sequence
 import torch
 
 
+ROW_TITLES = {"clean": "clean", "adversarial": "adversarial", "defended": "defended adv."}
+
+
 def sample_grid(samples: dict[str, torch.Tensor], predictions: dict[str, torch.Tensor],
                 labels: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
     """Save a 3-row grid (clean, adversarial, defended) titled with predicted labels."""
@@ -16,7 +19,7 @@ def sample_grid(samples: dict[str, torch.Tensor], predictions: dict[str, torch.T
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = ("clean", "adversarial", "defended")
+    rows = tuple(ROW_TITLES)
     count = min(len(labels), len(samples["clean"]))
     fig, axes = plt.subplots(len(rows), max(count, 1), figsize=(1.6 * max(count, 1), 5.2), squeeze=False)
     for r, row in enumerate(rows):
@@ -29,7 +32,7 @@ def sample_grid(samples: dict[str, torch.Tensor], predictions: dict[str, torch.T
             ax.set_title(f"{classes[predicted]}", fontsize=8, color="green" if ok else "red")
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[r][0].set_ylabel(row, fontsize=9)
+        axes[r][0].set_ylabel(ROW_TITLES[row], fontsize=9)
     fig.suptitle("prediction per image (green: correct)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

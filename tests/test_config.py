@@ -1,0 +1,65 @@
+"""Every option of every config group composes, validates and builds; bad values are refused."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from defense_cli.attacks import build_attack
+from defense_cli.config import GROUPS, compose, conf_dir, group_options, validate
+from defense_cli.defenses import build_defense
+from defense_cli.errors import ConfigError
+
+GROUP_OPTIONS = [(group, option) for group in GROUPS if (conf_dir() / group).is_dir()
+                 for option in group_options(group)]
+REQUIRED = {"dataset=image_folder": ["dataset.root=/nonexistent"]}
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+def test_every_option_composes_and_validates(group, option):
+    override = f"{group}={option}"
+    cfg = compose([override, *REQUIRED.get(override, [])])
+    validate(cfg)
+    assert OmegaConf.select(cfg, f"{group}") is not None or group == "experiment"
+
+
+@pytest.mark.parametrize("option", list(group_options("defense")))
+def test_every_defense_config_instantiates(option):
+    cfg = compose([f"defense={option}"])
+    assert build_defense(cfg.defense) is not None
+
+
+@pytest.mark.parametrize("option", list(group_options("attack")))
+def test_every_attack_config_instantiates(option):
+    cfg = compose([f"attack={option}"])
+    attack = build_attack(cfg.attack)
+    assert attack.describe()
+
+
+def test_defaults_are_the_documented_ones():
+    cfg = compose()
+    assert (cfg.dataset.name, cfg.model.name, cfg.defense.name, cfg.attack.name, cfg.threat_model.name) == (
+        "mnist5k", "small_cnn", "none", "pgd", "white_box")
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("attack.eps=-0.1", "attack.eps"), ("attack.steps=0", "attack.steps"), ("train.lr=0", "train.lr"),
+     ("dataset.limit=0", "dataset.limit"), ("train.optimizer=lbfgs", "train.optimizer"),
+     ("device=tpu", "device"), ("train.preprocess=nope", "train.preprocess")],
+)
+def test_bad_values_are_refused_with_the_key_named(override, named):
+    cfg = compose([override])
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_missing_mandatory_value_is_named():
+    cfg = compose(["dataset=image_folder"])
+    with pytest.raises(ConfigError, match="dataset.root"):
+        validate(cfg)
+
+
+def test_unknown_group_is_refused():
+    with pytest.raises(ConfigError, match="allowed groups"):
+        group_options("nonsense")
