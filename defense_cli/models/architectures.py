@@ -77,7 +77,7 @@ def vgg16_bn(in_channels: int, num_classes: int) -> GapHeadNet:
     channels = in_channels
     for item in VGG16_LAYOUT:
         if item == "M":
-            layers.append(nn.MaxPool2d(2))
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: 28x28 inputs reach 1x1 too
         else:
             layers.append(conv_bn_relu(channels, int(item)))
             channels = int(item)
