@@ -133,11 +133,18 @@ def validate(cfg: DictConfig) -> None:
         if not rule(value):
             raise ConfigError(f"{key}={value!r} is not allowed: {key} must be {allowed}.")
     if cfg.device not in ("auto", "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
-        raise ConfigError(f"device={cfg.device!r} is not allowed: use auto, cpu, cuda or cuda:N.")
+        raise ConfigError(f"train.device={cfg.device!r} is not allowed: use auto, cpu, cuda or cuda:N.")
     _validate_options(cfg)
 
 
 def _validate_options(cfg: DictConfig) -> None:
+    from defense_cli.models import list_architectures
+
+    models = {"model.name": cfg.model.name,
+              "threat_model.source.model.name": OmegaConf.select(cfg, "threat_model.source.model.name")}
+    for key, name in models.items():
+        if name is not None and name not in list_architectures():
+            raise ConfigError(f"{key}={name!r} is unknown; allowed: {', '.join(list_architectures())}.")
     preprocess = cfg.train.get("preprocess", "none")
     allowed = group_options("defense")
     if preprocess not in allowed:

@@ -46,12 +46,19 @@ def test_defaults_are_the_documented_ones():
     ("override", "named"),
     [("attack.eps=-0.1", "attack.eps"), ("attack.steps=0", "attack.steps"), ("train.lr=0", "train.lr"),
      ("dataset.limit=0", "dataset.limit"), ("train.optimizer=lbfgs", "train.optimizer"),
-     ("device=tpu", "device"), ("train.preprocess=nope", "train.preprocess")],
+     ("train.device=tpu", "train.device"), ("train.preprocess=nope", "train.preprocess"),
+     ("model.name=alexnet", "model.name")],
 )
 def test_bad_values_are_refused_with_the_key_named(override, named):
     cfg = compose([override])
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         validate(cfg)
+
+
+def test_black_box_source_model_is_checked_before_any_run():
+    validate(compose(["threat_model=black_box"]))
+    with pytest.raises(ConfigError, match=r"threat_model\.source\.model\.name"):
+        validate(compose(["threat_model=black_box", "threat_model.source.model.name=alexnet"]))
 
 
 def test_missing_mandatory_value_is_named():

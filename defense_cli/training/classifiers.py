@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 #: dataset keys that do not change the trained model
 DATASET_KEYS_NOT_IN_KEY = ("limit", "data_dir", "download")
-TRAIN_KEYS_NOT_IN_KEY = ("num_workers",)
+TRAIN_KEYS_NOT_IN_KEY = ("num_workers", "device")
 
 
 @dataclass
