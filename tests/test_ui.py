@@ -1,0 +1,51 @@
+"""`defense-cli ui` serves the project's MLflow store on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _search_experiments(port: int) -> list[str]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
+        data=json.dumps({"max_results": 10}).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return [e["name"] for e in json.load(response)["experiments"]]
+
+
+def test_ui_serves_the_project_store(home):
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "defense_cli.cli", "ui", "--port", str(port),
+                               f"paths.home={home}"], cwd=home, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        names = None
+        while time.monotonic() < deadline and names is None:
+            time.sleep(1)
+            try:
+                names = _search_experiments(port)
+            except OSError:
+                continue
+        assert names is not None, "the MLflow UI did not answer within 180 s"
+        assert "defense-cli" in names
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
