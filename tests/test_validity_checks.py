@@ -114,6 +114,7 @@ def test_unbounded_check_is_skipped_outside_white_box():
     assert report.outcomes["unbounded"].startswith("skipped") and calls == []
 
 
+@pytest.mark.slow  # creating the SQLite store runs MLflow's migrations (seconds on a loaded machine)
 def test_matching_runs_are_found_in_mlflow_by_setting(tmp_path):
     from defense_cli.tracking import Tracker
 
