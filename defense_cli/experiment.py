@@ -99,7 +99,9 @@ def prepare(cfg: DictConfig) -> Prepared:
 
 def _classifier(p: Prepared, model_cfg: DictConfig | None = None, seed: int | None = None) -> TrainedClassifier:
     cfg = p.cfg
-    train_cfg = cfg.train if seed is None else OmegaConf.merge(cfg.train, {"seed": seed})
+    train_cfg = cfg.train
+    if model_cfg is not None:  # a black-box source model: plain training under its own seed
+        train_cfg = OmegaConf.merge(cfg.train, {"seed": seed, "preprocess": "none", "adversarial": "none"})
     preprocess = cfg.train.get("preprocess", "none")
     preprocess_cfg = None
     if preprocess != "none" and model_cfg is None:
