@@ -162,3 +162,19 @@ def test_per_draw_metrics_report_mean_std_and_worst():
     assert metrics["robust_accuracy_every_draw"] == 0.25      # only image 0 right under every draw
     assert draw_metrics(Evaluation(labels=[torch.tensor([0])])) == {}
     assert not math.isnan(metrics["n_draws"])
+
+
+def test_evaluate_defends_each_adversarial_batch_n_draws_times_for_random_defenses():
+    from defense_cli.data import ImageSet
+    from defense_cli.evaluation import evaluate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 3))
+    pixels = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(2))   # SSIM needs 11x11
+    data = ImageSet(pixels, torch.tensor([0, 1, 2, 0, 1, 2]))
+    generator = torch.Generator().manual_seed(0)
+    ev = evaluate(model, AddNoise(), NoAttack(), model, data, 4, torch.device("cpu"), generator, 0, n_draws=3)
+    assert [tuple(d.shape) for d in ev.draws] == [(3, 4), (3, 2)]
+    assert torch.equal(ev.draws[0][0], ev.defended_adversarial[0])
+    fixed = evaluate(model, JPEG(75), NoAttack(), model, data, 4, torch.device("cpu"), generator, 0, n_draws=3)
+    assert fixed.draws == []
