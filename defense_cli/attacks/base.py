@@ -88,4 +88,4 @@ def seeded_rng(generator: torch.Generator | None) -> int:
     """A seed drawn from `generator` for libraries that use torch's global RNG (foolbox)."""
     if generator is None:
         return int(torch.randint(0, 2**31 - 1, (1,)).item())
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item())
