@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from defense_cli.attacks import Attack, attack_target, build_attack
-from defense_cli.attacks.threat_models import WhiteBoxSettings
+from defense_cli.attacks.threat_models import WhiteBoxSettings, check_bpda_mode
 from defense_cli.config import validate
 from defense_cli.data import DatasetSplits, load_dataset
 from defense_cli.defenses import DefenseContext, build_defense
@@ -118,9 +118,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
     attack = build_attack(cfg.attack)
     defense = build_defense(cfg.defense)
     settings = white_box_settings(cfg)
-    if cfg.threat_model.name == "white_box" and settings.bpda == "surrogate" and not defense.has_surrogate:
-        raise ConfigError(f"threat_model.bpda=surrogate but defense={cfg.defense.name} defines no surrogate; "
-                          "use threat_model.bpda=identity.")
+    if cfg.threat_model.name == "white_box":
+        check_bpda_mode(defense, settings)  # a user error: raise before the MLflow run opens
     with p.tracker.run(run_name(cfg), run_tags(cfg, "run"), current_parent_run()) as run:
         run.params(flatten(cfg))
         run.text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
@@ -144,17 +143,9 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
         for draw, accuracy in enumerate(per_draw_accuracies(ev)):
             run.metrics({"robust_accuracy_draw": accuracy}, step=draw)
 
-        def sample_attack(sample_attack_: Attack, sample_settings: WhiteBoxSettings, n: int) -> float:
-            sample_generator = torch.Generator(device=p.device).manual_seed(cfg.seed)
-            sample_target = attack_target(cfg.threat_model.name, sample_attack_, trained.model, defense,
-                                          source_model, sample_generator, sample_settings)
-            sample = evaluate(trained.model, defense, sample_attack_, sample_target, p.splits.test.head(n),
-                              cfg.eval_batch_size, p.device, sample_generator, 0)
-            return summarize(sample)["robust_accuracy"]
-
-        checks = _checks(cfg, p, defense, attack, ev, metrics, sample_attack)
-        run.tags({"attack_strength": attack_strength(attack, cfg, defense), "classifier_cache_hit": str(trained.cache_hit),
-                  "classifier_key": trained.key, **checks.tags()})
+        checks = _validity(cfg, p, trained.model, defense, attack, ev, metrics["robust_accuracy"], source_model)
+        run.tags({"attack_strength": attack_strength(attack, cfg, defense),
+                  "classifier_cache_hit": str(trained.cache_hit), "classifier_key": trained.key, **checks.tags()})
         run.json({**metrics, "per_draw_robust_accuracy": per_draw_accuracies(ev), "checks": checks.outcomes},
                  "metrics.json")
         _log_grid(run, ev, p.splits.classes)
@@ -174,13 +165,20 @@ def attack_strength(attack: Attack, cfg: DictConfig, defense) -> str:
     return f"{attack.describe()} + BPDA({settings.bpda}), EOT samples={eot}"
 
 
-def _checks(cfg: DictConfig, p: Prepared, defense, attack: Attack, ev, metrics: dict[str, float],
-            sample_attack) -> CheckReport:
+def _validity(cfg: DictConfig, p: Prepared, model: torch.nn.Module, defense, attack: Attack, ev,
+              robust_accuracy: float, source_model) -> CheckReport:
     """The validity checks switched on in `cfg.checks` (see defense_cli/validity.py)."""
     defended_adv, labels = ev.cat("defended_adversarial"), ev.cat("labels")
 
     def sample_accuracy(n: int) -> float:
         return (defended_adv[:n] == labels[:n]).float().mean().item()
+
+    def sample_attack(stronger: Attack, settings: WhiteBoxSettings, n: int) -> float:
+        generator = torch.Generator(device=p.device).manual_seed(cfg.seed)
+        target = attack_target(cfg.threat_model.name, stronger, model, defense, source_model, generator, settings)
+        sample = evaluate(model, defense, stronger, target, p.splits.test.head(n), cfg.eval_batch_size, p.device,
+                          generator, 0)
+        return summarize(sample)["robust_accuracy"]
 
     def other_runs() -> dict[str, float]:
         found = p.tracker.finished_runs({"setting": setting_key(cfg)}, "robust_accuracy")
@@ -188,8 +186,8 @@ def _checks(cfg: DictConfig, p: Prepared, defense, attack: Attack, ev, metrics: 
         return {run_id: accuracy for run_id, (tags, accuracy) in found.items()
                 if (tags.get("threat_model") == "white_box") == want_white}
 
-    return run_checks(cfg, defense, attack, metrics["robust_accuracy"], sample_accuracy, sample_attack,
-                      p.splits.test.float_images(slice(0, 1))[0].numel(), other_runs)
+    n_pixels = p.splits.test.float_images(slice(0, 1))[0].numel()
+    return run_checks(cfg, defense, attack, robust_accuracy, sample_accuracy, sample_attack, n_pixels, other_runs)
 
 
 def _log_grid(run, ev, classes) -> None:

@@ -33,6 +33,13 @@ class WhiteBoxSettings:
     eot_samples: int = 1        # draws per gradient for random defenses (ignored otherwise)
 
 
+def check_bpda_mode(defense: Defense, white_box: WhiteBoxSettings) -> None:
+    """`bpda=surrogate` needs a defense that defines one (ConfigError otherwise)."""
+    if white_box.bpda == "surrogate" and not defense.has_surrogate:
+        raise ConfigError(f"threat_model.bpda=surrogate but {type(defense).__name__} defines no surrogate; "
+                          "use threat_model.bpda=identity.")
+
+
 def attack_target(
     threat_model: str,
     attack: Attack,
@@ -49,9 +56,7 @@ def attack_target(
     if threat_model not in THREAT_MODELS:
         raise ConfigError(f"threat_model={threat_model!r} is unknown; allowed: {', '.join(THREAT_MODELS)}.")
     if threat_model == "white_box":
-        if white_box.bpda == "surrogate" and not defense.has_surrogate:
-            raise ConfigError(f"threat_model.bpda=surrogate but {type(defense).__name__} defines no surrogate; "
-                              "use threat_model.bpda=identity.")
+        check_bpda_mode(defense, white_box)
         eot = white_box.eot_samples if defense.randomized else 1
         return DefendedClassifier(classifier, defense, generator, white_box.bpda, eot)
     if threat_model == "gray_box":
