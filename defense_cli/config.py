@@ -117,6 +117,13 @@ _RULES: dict[str, tuple[Rule, str]] = {
     "attack.step_size": (lambda v: _number(v) and v > 0, "a number > 0 (pixel scale)"),
     "attack.restarts": (_positive_int, "an integer >= 1"),
     "attack.norm": (_one_of("linf", "l2"), "one of linf, l2"),
+    "threat_model.bpda": (_one_of("identity", "surrogate"), "one of identity, surrogate"),
+    "threat_model.eot_samples": (_positive_int, "an integer >= 1"),
+    "threat_model.n_draws": (_positive_int, "an integer >= 1"),
+    "checks.strength.factor": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
+    "checks.strength.n_images": (_positive_int, "an integer >= 1"),
+    "checks.unbounded.n_images": (_positive_int, "an integer >= 1"),
+    "checks.unbounded.max_accuracy": (_unit_interval, "a number in [0, 1]"),
     "defense.quality": (lambda v: isinstance(v, int) and 1 <= v <= 100, "an integer in 1..100"),
 }
 
@@ -145,12 +152,16 @@ def _validate_options(cfg: DictConfig) -> None:
     for key, name in models.items():
         if name is not None and name not in list_architectures():
             raise ConfigError(f"{key}={name!r} is unknown; allowed: {', '.join(list_architectures())}.")
-    preprocess = cfg.train.get("preprocess", "none")
     allowed = group_options("defense")
-    if preprocess not in allowed:
-        raise ConfigError(
-            f"train.preprocess={preprocess!r} is not a defense; allowed: {', '.join(allowed)}."
-        )
+    for key in ("preprocess", "adversarial_defense"):
+        value = cfg.train.get(key, "none")
+        if value not in allowed:
+            raise ConfigError(f"train.{key}={value!r} is not a defense; allowed: {', '.join(allowed)}.")
+    adversarial = cfg.train.get("adversarial", "none")
+    attacks = group_options("attack")
+    if adversarial != "none" and adversarial not in attacks:
+        raise ConfigError(f"train.adversarial={adversarial!r} is not an attack; allowed: none, "
+                          f"{', '.join(a for a in attacks if a != 'none')}.")
 
 
 _MISSING = object()

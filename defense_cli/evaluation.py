@@ -10,6 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from defense_cli.attacks import Attack
+from defense_cli.attacks.threat_models import run_attack
 from defense_cli.data import ImageSet
 from defense_cli.defenses import Defense
 
@@ -24,6 +25,7 @@ class Evaluation:
     defended_clean: list[torch.Tensor] = field(default_factory=list)
     adversarial: list[torch.Tensor] = field(default_factory=list)
     defended_adversarial: list[torch.Tensor] = field(default_factory=list)
+    draws: list[torch.Tensor] = field(default_factory=list)   # (n_draws, B) per batch, random defenses
     l2: list[torch.Tensor] = field(default_factory=list)
     linf: list[torch.Tensor] = field(default_factory=list)
     psnr: list[torch.Tensor] = field(default_factory=list)
@@ -44,9 +46,21 @@ def _predict(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return classifier(images).argmax(1).cpu()
 
 
+def _draw_predictions(classifier: nn.Module, defense: Defense, adversarial: torch.Tensor, first: torch.Tensor,
+                      n_draws: int, generator: torch.Generator) -> torch.Tensor:
+    """Predictions on `n_draws` independent defenses of `adversarial` (the first one given)."""
+    extra = [_predict(classifier, defense(adversarial, generator)) for _ in range(n_draws - 1)]
+    return torch.stack([first, *extra])
+
+
 def evaluate(classifier: nn.Module, defense: Defense, attack: Attack, target: nn.Module, test: ImageSet,
-             batch_size: int, device: torch.device, generator: torch.Generator, grid_size: int = 8) -> Evaluation:
-    """Run attack (against `target`) and defense (in front of `classifier`) over `test`."""
+             batch_size: int, device: torch.device, generator: torch.Generator, grid_size: int = 8,
+             n_draws: int = 1) -> Evaluation:
+    """Run attack (against `target`) and defense (in front of `classifier`) over `test`.
+
+    A random defense is applied `n_draws` times, independently, to each adversarial batch; the
+    per-draw predictions are kept in `draws` (the first draw is `defended_adversarial`).
+    """
     from defense_cli.image_quality import psnr, ssim
     from defense_cli.metrics import perturbation_norms
 
@@ -58,7 +72,7 @@ def evaluate(classifier: nn.Module, defense: Defense, attack: Attack, target: nn
         defended = defense(images, generator)
         result.defense_seconds += time.perf_counter() - start
         start = time.perf_counter()
-        outcome = attack(target, images, labels, generator)
+        outcome = run_attack(attack, target, images, labels, generator)
         result.attack_seconds += time.perf_counter() - start
         start = time.perf_counter()
         defended_adv = defense(outcome.adversarial, generator)
@@ -69,6 +83,9 @@ def evaluate(classifier: nn.Module, defense: Defense, attack: Attack, target: nn
         result.defended_clean.append(_predict(classifier, defended))
         result.adversarial.append(_predict(classifier, outcome.adversarial))
         result.defended_adversarial.append(_predict(classifier, defended_adv))
+        if defense.randomized and n_draws > 1:
+            result.draws.append(_draw_predictions(classifier, defense, outcome.adversarial,
+                                                  result.defended_adversarial[-1], n_draws, generator))
         result.l2.append(l2.cpu())
         result.linf.append(linf.cpu())
         result.psnr.append(psnr(images, defended).cpu())

@@ -15,16 +15,20 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from defense_cli.attacks import attack_target, build_attack
+from defense_cli.attacks import Attack, attack_target, build_attack
+from defense_cli.attacks.threat_models import WhiteBoxSettings, check_bpda_mode
 from defense_cli.config import validate
 from defense_cli.data import DatasetSplits, load_dataset
 from defense_cli.defenses import DefenseContext, build_defense
 from defense_cli.errors import ConfigError
 from defense_cli.evaluation import evaluate
 from defense_cli.report import print_table, results_table
-from defense_cli.results import summarize
+from defense_cli.results import per_draw_accuracies, summarize
 from defense_cli.tracking import Tracker, current_parent_run, flatten, git_commit, home_dir
+from defense_cli.training.adversarial import adversarial_configs
+from defense_cli.training.cache import cache_key
 from defense_cli.training.classifiers import TrainedClassifier, obtain_classifier, test_accuracy
+from defense_cli.validity import CheckReport, run_checks
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +51,21 @@ def run_name(cfg: DictConfig) -> str:
         str(x) for x in (cfg.dataset.name, cfg.model.name, cfg.defense.name, cfg.attack.name, cfg.threat_model.name))
 
 
+def setting_key(cfg: DictConfig) -> str:
+    """Hash of what a result depends on besides the threat model: runs that differ only in their
+    threat model share it (the validity check compares them)."""
+    return cache_key({key: cfg[key] for key in ("dataset", "model", "train", "defense", "attack", "seed")})
+
+
 def run_tags(cfg: DictConfig, stage: str) -> dict[str, str]:
     return {"dataset": cfg.dataset.name, "model": cfg.model.name, "defense": cfg.defense.name,
             "attack": cfg.attack.name, "threat_model": cfg.threat_model.name, "stage": stage,
-            "git_commit": git_commit(), "mlflow.source.git.commit": git_commit()}
+            "setting": setting_key(cfg), "git_commit": git_commit(), "mlflow.source.git.commit": git_commit()}
+
+
+def white_box_settings(cfg: DictConfig) -> WhiteBoxSettings:
+    """`threat_model.bpda` and `threat_model.eot_samples` (defaults for the other threat models)."""
+    return WhiteBoxSettings(cfg.threat_model.get("bpda", "identity"), int(cfg.threat_model.get("eot_samples", 1)))
 
 
 @dataclass
@@ -67,6 +82,11 @@ class Prepared:
 def prepare(cfg: DictConfig) -> Prepared:
     """Validate the config and load the data; raises ConfigError on bad input, writes nothing."""
     validate(cfg)
+    configs = adversarial_configs(cfg.train)
+    if configs is not None:
+        build_attack(configs[0])
+        if configs[1] is not None:
+            build_defense(configs[1])
     device = resolve_device(cfg.device)
     cache = cache_dir(cfg)
     splits = load_dataset(cfg.dataset, cache)
@@ -79,7 +99,9 @@ def prepare(cfg: DictConfig) -> Prepared:
 
 def _classifier(p: Prepared, model_cfg: DictConfig | None = None, seed: int | None = None) -> TrainedClassifier:
     cfg = p.cfg
-    train_cfg = cfg.train if seed is None else OmegaConf.merge(cfg.train, {"seed": seed})
+    train_cfg = cfg.train
+    if model_cfg is not None:  # a black-box source model: plain training under its own seed
+        train_cfg = OmegaConf.merge(cfg.train, {"seed": seed, "preprocess": "none", "adversarial": "none"})
     preprocess = cfg.train.get("preprocess", "none")
     preprocess_cfg = None
     if preprocess != "none" and model_cfg is None:
@@ -95,6 +117,9 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
     p = prepare(cfg)
     attack = build_attack(cfg.attack)
     defense = build_defense(cfg.defense)
+    settings = white_box_settings(cfg)
+    if cfg.threat_model.name == "white_box":
+        check_bpda_mode(defense, settings)  # a user error: raise before the MLflow run opens
     with p.tracker.run(run_name(cfg), run_tags(cfg, "run"), current_parent_run()) as run:
         run.params(flatten(cfg))
         run.text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
@@ -107,21 +132,62 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
             source = cfg.threat_model.source
             return _classifier(p, source.model, source.train_seed).model
 
-        target = attack_target(cfg.threat_model.name, attack, trained.model, defense, source_model, generator)
+        n_draws = int(cfg.threat_model.get("n_draws", 1))
+        target = attack_target(cfg.threat_model.name, attack, trained.model, defense, source_model, generator,
+                               settings)
         ev = evaluate(trained.model, defense, attack, target, p.splits.test, cfg.eval_batch_size, p.device,
-                      generator, cfg.num_samples_grid)
+                      generator, cfg.num_samples_grid, n_draws)
         metrics = {**summarize(ev), "train_seconds": trained.seconds,
                    "classifier_train_accuracy": trained.train_accuracy}
         run.metrics(metrics)
-        run.tags({"attack_strength": attack.describe(), "classifier_cache_hit": str(trained.cache_hit),
-                  "classifier_key": trained.key})
-        run.json(metrics, "metrics.json")
+        for draw, accuracy in enumerate(per_draw_accuracies(ev)):
+            run.metrics({"robust_accuracy_draw": accuracy}, step=draw)
+
+        checks = _validity(cfg, p, trained.model, defense, attack, ev, metrics["robust_accuracy"], source_model)
+        run.tags({"attack_strength": attack_strength(attack, cfg, defense),
+                  "classifier_cache_hit": str(trained.cache_hit), "classifier_key": trained.key, **checks.tags()})
+        run.json({**metrics, "per_draw_robust_accuracy": per_draw_accuracies(ev), "checks": checks.outcomes},
+                 "metrics.json")
         _log_grid(run, ev, p.splits.classes)
     context = {"data": f"{cfg.dataset.name} ({int(metrics['n_images'])} test images)",
-               "model": cfg.model.name, "defense": repr(defense), "attack": attack.describe(),
+               "model": cfg.model.name, "defense": repr(defense), "attack": attack_strength(attack, cfg, defense),
                "threat model": cfg.threat_model.name, "device": str(p.device), "mlflow run": run.run_id}
-    print_table(results_table("defense-cli run", metrics, context))
+    print_table(results_table("defense-cli run", metrics, context, checks.flags))
     return metrics
+
+
+def attack_strength(attack: Attack, cfg: DictConfig, defense) -> str:
+    """The attack's description plus how it went through the defense (BPDA mode, EOT samples)."""
+    if cfg.threat_model.name != "white_box" or not attack.uses_gradients:
+        return attack.describe()
+    settings = white_box_settings(cfg)
+    eot = settings.eot_samples if defense.randomized else 1
+    return f"{attack.describe()} + BPDA({settings.bpda}), EOT samples={eot}"
+
+
+def _validity(cfg: DictConfig, p: Prepared, model: torch.nn.Module, defense, attack: Attack, ev,
+              robust_accuracy: float, source_model) -> CheckReport:
+    """The validity checks switched on in `cfg.checks` (see defense_cli/validity.py)."""
+    defended_adv, labels = ev.cat("defended_adversarial"), ev.cat("labels")
+
+    def sample_accuracy(n: int) -> float:
+        return (defended_adv[:n] == labels[:n]).float().mean().item()
+
+    def sample_attack(stronger: Attack, settings: WhiteBoxSettings, n: int) -> float:
+        generator = torch.Generator(device=p.device).manual_seed(cfg.seed)
+        target = attack_target(cfg.threat_model.name, stronger, model, defense, source_model, generator, settings)
+        sample = evaluate(model, defense, stronger, target, p.splits.test.head(n), cfg.eval_batch_size, p.device,
+                          generator, 0)
+        return summarize(sample)["robust_accuracy"]
+
+    def other_runs() -> dict[str, float]:
+        found = p.tracker.finished_runs({"setting": setting_key(cfg)}, "robust_accuracy")
+        want_white = cfg.threat_model.name != "white_box"
+        return {run_id: accuracy for run_id, (tags, accuracy) in found.items()
+                if (tags.get("threat_model") == "white_box") == want_white}
+
+    n_pixels = p.splits.test.float_images(slice(0, 1))[0].numel()
+    return run_checks(cfg, defense, attack, robust_accuracy, sample_accuracy, sample_attack, n_pixels, other_runs)
 
 
 def _log_grid(run, ev, classes) -> None:

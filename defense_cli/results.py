@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from defense_cli import metrics as m
 from defense_cli.image_quality import mean_psnr
 from defense_cli.evaluation import Evaluation
@@ -37,4 +39,33 @@ def summarize(ev: Evaluation) -> dict[str, float]:
         "defense_seconds_per_image": ev.defense_seconds / (2 * n) if n else math.nan,
         "gradient_evaluations": float(ev.gradient_evaluations),
         "queries": float(ev.queries),
+        **draw_metrics(ev),
+    }
+
+
+def per_draw_accuracies(ev: Evaluation) -> list[float]:
+    """Robust accuracy under each independent draw of a random defense ([] when not drawn)."""
+    if not ev.draws:
+        return []
+    draws, labels = torch.cat(ev.draws, dim=1), ev.cat("labels")
+    return [m.accuracy(row, labels) for row in draws]
+
+
+def draw_metrics(ev: Evaluation) -> dict[str, float]:
+    """Mean, std and worst case of robust accuracy over the defense's draws (random defenses).
+
+    `robust_accuracy_worst_draw` is the lowest per-draw accuracy; `robust_accuracy_every_draw` the
+    share of images classified correctly under every draw (the per-example worst case).
+    """
+    accuracies = per_draw_accuracies(ev)
+    if not accuracies:
+        return {}
+    draws, labels = torch.cat(ev.draws, dim=1), ev.cat("labels")
+    values = torch.tensor(accuracies)
+    return {
+        "n_draws": float(len(accuracies)),
+        "robust_accuracy_mean_over_draws": values.mean().item(),
+        "robust_accuracy_std_over_draws": values.std(unbiased=True).item() if len(values) > 1 else 0.0,
+        "robust_accuracy_worst_draw": values.min().item(),
+        "robust_accuracy_every_draw": (draws == labels).all(0).float().mean().item() if len(labels) else math.nan,
     }

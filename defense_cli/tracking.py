@@ -103,6 +103,14 @@ class Tracker:
             raise
         self.client.set_terminated(log.run_id, status="FINISHED")
 
+    def finished_runs(self, tags: Mapping[str, str], metric: str) -> dict[str, tuple[dict[str, str], float]]:
+        """FINISHED runs of this experiment carrying all `tags`: run id -> (its tags, its `metric`)."""
+        clauses = [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+        clauses.append("attributes.status = 'FINISHED'")
+        runs = self.client.search_runs([self.experiment_id], " and ".join(clauses), max_results=1000)
+        return {run.info.run_id: (dict(run.data.tags), run.data.metrics[metric])
+                for run in runs if metric in run.data.metrics}
+
 
 class RunLog:
     """Params, metrics, tags and artifacts of one open run."""

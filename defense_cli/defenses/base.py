@@ -57,6 +57,21 @@ class Defense(ABC):
     def prepare(self, context: DefenseContext) -> None:
         """Receive the classifier, training data or cache folder; the default needs none."""
 
+    def surrogate(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A differentiable torch approximation g(x) of the defense, for BPDA's backward pass.
+
+        Athalye et al. (2018, section 4.1): the attacker runs the real defense forward and
+        differentiates g instead. The default is the identity, g(x) = x; a defense may override it
+        with, for example, a few unrolled differentiable iterations of its own algorithm. It must
+        keep the autograd graph (no `torch.no_grad`, no detaching).
+        """
+        return images
+
+    @property
+    def has_surrogate(self) -> bool:
+        """True when the class overrides `surrogate` (so `threat_model.bpda=surrogate` applies)."""
+        return type(self).surrogate is not Defense.surrogate
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"

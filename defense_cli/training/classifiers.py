@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from defense_cli.data import DatasetSplits, ImageSet
 from defense_cli.models import Classifier, build_classifier
+from defense_cli.defenses import DefenseContext
+from defense_cli.training.adversarial import adversarial_batches, adversarial_key_part
 from defense_cli.training.cache import cache_key, cached
 from defense_cli.training.defended_data import defended_training_set
 from defense_cli.training.trainer import predict, train_classifier
@@ -39,13 +41,21 @@ class TrainedClassifier:
 
 def classifier_key(dataset_cfg: DictConfig, model_cfg: DictConfig, train_cfg: DictConfig,
                    preprocess_cfg: DictConfig | None) -> str:
-    """Hash of everything that determines the trained weights."""
-    return cache_key({
+    """Hash of everything that determines the trained weights.
+
+    With adversarial training the resolved attack and defense configs enter the key too (the
+    train config names them only); without it the key is what it always was.
+    """
+    parts = {
         "dataset": _without(dataset_cfg, DATASET_KEYS_NOT_IN_KEY),
         "model": model_cfg,
         "train": _without(train_cfg, TRAIN_KEYS_NOT_IN_KEY),
         "preprocess": preprocess_cfg if preprocess_cfg is not None else "none",
-    })
+    }
+    adversarial = adversarial_key_part(train_cfg)
+    if adversarial is not None:
+        parts["adversarial"] = adversarial
+    return cache_key(parts)
 
 
 def obtain_classifier(
@@ -65,7 +75,10 @@ def obtain_classifier(
         if preprocess_cfg is not None:
             data = defended_training_set(splits.train, preprocess_cfg, dataset_cfg, cache_dir, device,
                                          train_cfg.seed)
-        history = train_classifier(fresh, data, train_cfg, device, desc=f"train {model_cfg.name}")
+        transform = adversarial_batches(train_cfg, DefenseContext(train_set=splits.train, cache_dir=cache_dir,
+                                                                  device=device, seed=train_cfg.seed))
+        history = train_classifier(fresh, data, train_cfg, device, desc=f"train {model_cfg.name}",
+                                   batch_transform=transform)
         return {"state_dict": {k: v.cpu() for k, v in fresh.state_dict().items()},
                 "train_accuracy": history.accuracies[-1] if history.accuracies else float("nan"),
                 "losses": history.losses}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +41,16 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: DictConfig, steps_per_e
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
 
 
+#: (model, images, labels) -> the images to train on (adversarial training, `training/adversarial.py`)
+BatchTransform = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: torch.device,
-                     desc: str = "train") -> TrainingLog:
-    """Train `model` in place with cross-entropy for `cfg.epochs` epochs; returns the epoch log."""
+                     desc: str = "train", batch_transform: BatchTransform | None = None) -> TrainingLog:
+    """Train `model` in place with cross-entropy for `cfg.epochs` epochs; returns the epoch log.
+
+    `batch_transform`, when given, replaces each (augmented) batch before the update.
+    """
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
@@ -57,6 +65,8 @@ def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: 
         for images, labels in bar:
             if cfg.get("augment", False):
                 images = random_crop_flip(images, generator)
+            if batch_transform is not None:
+                images = batch_transform(model, images, labels)
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
