@@ -9,7 +9,7 @@ from completion_fixtures import real_image, relative_error, smooth_low_rank
 
 from defense_cli.defenses.lowrank_linalg import largest_singular_value
 from defense_cli.defenses.smoothed_rank import (
-    CompletionSettings, alternated_complete, complete, completion_step, objective, smoothed_rank,
+    CompletionSettings, alternated_complete, anchor_terms, complete, completion_step, objective, smoothed_rank,
     smoothed_rank_gradient, tv_cost, tv_gradient,
 )
 
@@ -78,13 +78,14 @@ def test_srf_with_rank_cap_3_is_exact_to_one_percent():
 
 def _stage_objectives(image, anchors, settings):
     """eq. 4.5 after every inner iteration of one pass (delta fixed within a stage)."""
-    x = torch.where(anchors, image, torch.zeros_like(image))
+    targets, anchored = anchor_terms(image, anchors)
+    x = anchored
     delta = largest_singular_value(x)
     increases = []
     for _ in range(settings.max_iterations // settings.inner_iterations):
         before = objective(x, delta, settings.tv_weight, image.shape[-1])
         for _ in range(settings.inner_iterations):
-            x = completion_step(x, anchors, image, delta, settings, image.shape[-1])
+            x = completion_step(x, targets, anchored, delta, settings, image.shape[-1])
             after = objective(x, delta, settings.tv_weight, image.shape[-1])
             increases.append((after - before).max().item())
             before = after

@@ -84,15 +84,18 @@ def nuclear_norm(observed: torch.Tensor, mask: torch.Tensor, weight: float = 1.0
     """argmin_X weight ||X||_* + ||P(X - A)||_F^2 by FISTA; stops per matrix when the relative
     change ||X_k+1 - X_k||_F / max(||X_k||_F, 1) is below `tolerance`."""
     target = torch.where(mask, observed, torch.zeros_like(observed))
+    unobserved = (~mask).to(observed.dtype)
     estimate = target.clone()
     momentum = torch.ones(target.shape[:-2], dtype=target.dtype, device=target.device)
     extrapolated = estimate.clone()
     active = torch.ones(target.shape[:-2], dtype=torch.bool, device=target.device)
     for _ in range(max_iterations):
         index = active.nonzero(as_tuple=True)
-        y, m, t = extrapolated[index].unsqueeze(1), mask[index].unsqueeze(1), momentum[index].unsqueeze(1)
+        t = momentum[index].unsqueeze(1)
         previous = estimate[index].unsqueeze(1)
-        new = singular_value_threshold(torch.where(m, target[index].unsqueeze(1), y), weight / 2, index[0])
+        # gradient step Y - P(Y - A): A on the observed entries, Y elsewhere
+        stepped = torch.addcmul(target[index], unobserved[index], extrapolated[index]).unsqueeze(1)
+        new = singular_value_threshold(stepped, weight / 2, index[0])
         t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
         y_next = new + ((t - 1) / t_next)[..., None, None] * (new - previous)
         change = (new - previous).flatten(-2).norm(dim=-1) / previous.flatten(-2).norm(dim=-1).clamp_min(1)

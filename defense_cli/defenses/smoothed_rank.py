@@ -103,13 +103,14 @@ class CompletionSettings:
     srf_step: str = "delta2"         # "delta2": mu delta^2 grad F (SRF/SL0 normalisation); "plain": mu grad F
 
 
-def completion_step(current: torch.Tensor, anchors: torch.Tensor, observed: torch.Tensor,
+def completion_step(current: torch.Tensor, targets: torch.Tensor, anchored: torch.Tensor,
                     delta: torch.Tensor, settings: CompletionSettings, block: int,
                     owners: torch.Tensor | None = None) -> torch.Tensor:
     """One inner iteration of Algorithm 4 (lines 4-9) on a (N, K, m, n) stack.
 
     Lines 4-5: SVD truncated to rank r (X_r); 6-7: gradients of F_delta (eq. 4.9) and C at X_r;
-    8: X~ = X_r - mu (grad F + lambda grad C); 9: projection onto the anchors.
+    8: X~ = X_r - mu (grad F + lambda grad C); 9: X_t+1 = (1 - M) (.) X~ + M (.) X, with
+    `targets` = 1 - M (float) and `anchored` = M (.) X.
     """
     rank = min(settings.rank, *current.shape[-2:])
     subspace = leading_subspace(current, rank, owners)
@@ -119,7 +120,12 @@ def completion_step(current: torch.Tensor, anchors: torch.Tensor, observed: torc
     if settings.tv_weight:
         truncated = subspace.expand(torch.ones_like(weights))
         updated = updated - settings.step * settings.tv_weight * tv_gradient(truncated, block, settings.tv_gradient)
-    return torch.where(anchors, observed, updated)
+    return torch.addcmul(anchored, targets, updated)
+
+
+def anchor_terms(observed: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 - M) as a float mask and M (.) X: the two terms of the projection (line 9)."""
+    return (~anchors).to(observed.dtype), torch.where(anchors, observed, torch.zeros_like(observed))
 
 
 def complete(observed: torch.Tensor, anchors: torch.Tensor, settings: CompletionSettings, block: int) -> torch.Tensor:
@@ -131,24 +137,22 @@ def complete(observed: torch.Tensor, anchors: torch.Tensor, settings: Completion
     t >= maxiter.
     """
     batch, per_image, m, n = observed.shape
-    current = torch.where(anchors, observed, torch.zeros_like(observed)).reshape(-1, 1, m, n)
-    flat_anchors = anchors.reshape(-1, 1, m, n)
-    flat_observed = observed.reshape(-1, 1, m, n)
+    targets, anchored = (t.reshape(-1, 1, m, n) for t in anchor_terms(observed, anchors))
+    current = anchored.clone()
     owners = torch.arange(batch, device=observed.device).repeat_interleave(per_image)
     delta = largest_singular_value(current, owners).clamp_min(torch.finfo(observed.dtype).tiny)
     active = torch.ones(len(current), dtype=torch.bool, device=observed.device)
     t = 0
     while t < settings.max_iterations and bool(active.any()):
         index = active.nonzero().squeeze(1)
-        x, a, o, d, w = current[index], flat_anchors[index], flat_observed[index], delta[index], owners[index]
-        for _ in range(settings.inner_iterations):
-            new = completion_step(x, a, o, d, settings, block, w)
-            change = (new - x).flatten(1).norm(dim=1) / (m * n)
-            x = new
-            t += 1
-        current[index] = x
+        x, free, fixed, d = current[index], targets[index], anchored[index], delta[index]
+        for _ in range(settings.inner_iterations - 1):
+            x = completion_step(x, free, fixed, d, settings, block, owners[index])
+        new = completion_step(x, free, fixed, d, settings, block, owners[index])
+        t += settings.inner_iterations
+        current[index] = new
         delta[index] = d * settings.shrink
-        active[index] = change > settings.tolerance
+        active[index] = (new - x).flatten(1).norm(dim=1) / (m * n) > settings.tolerance
     return current.reshape(batch, per_image, m, n)
 
 
