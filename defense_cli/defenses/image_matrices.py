@@ -12,12 +12,6 @@ import torch
 CHANNEL_MODES = ("concat", "separate")
 
 
-def check_channel_mode(channel_mode: str) -> str:
-    if channel_mode not in CHANNEL_MODES:
-        raise ValueError(f"channel_mode={channel_mode!r} must be one of {CHANNEL_MODES}")
-    return channel_mode
-
-
 def to_matrices(images: torch.Tensor, channel_mode: str) -> torch.Tensor:
     """(B, C, H, W) -> (B, K, m, n) with K = 1, n = C*W (concat) or K = C, n = W (separate)."""
     if channel_mode == "separate":
