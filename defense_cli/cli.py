@@ -188,14 +188,16 @@ def bench_defenses_command(
     except ConfigError as err:
         _fail(str(err))
     table = Table(title=f"defenses on {images} CIFAR-10 (JPEG copy) test images, {dev}")
-    for column in ("defense", "images/s", "PSNR dB", "SSIM", "reference images/s", "speed-up", "max |diff| to ref"):
+    for column in ("defense", "images/s", "PSNR dB", "SSIM", "reference images/s", "speed-up", "max |diff| to ref",
+                   "RMSE to ref"):
         table.add_column(column, justify="right")
     for row in rows:
         ref = row.reference_images_per_second
         table.add_row(row.name, f"{row.images_per_second:,.1f}", f"{row.psnr:.2f}", f"{row.ssim:.4f}",
                       "-" if ref is None else f"{ref:,.1f}",
                       "-" if row.speedup is None else f"{row.speedup:.1f}x",
-                      "-" if row.max_abs_diff_to_reference is None else f"{row.max_abs_diff_to_reference:.2e}")
+                      "-" if row.max_abs_diff_to_reference is None else f"{row.max_abs_diff_to_reference:.2e}",
+                      "-" if row.rmse_to_reference is None else f"{row.rmse_to_reference:.2e}")
     console = Console()
     console.print(table)
     console.print(f"machine: {describe_machine(dev)}")

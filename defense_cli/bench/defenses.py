@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from defense_cli.bench.cifar import cifar10_jpeg
-from defense_cli.bench.references import references
+from defense_cli.bench.references import reference_generator, references
 from defense_cli.config import compose_group_option, group_options
 from defense_cli.defenses import Defense, DefenseContext, build_defense
 from defense_cli.image_quality import mean_psnr, psnr, ssim
@@ -28,6 +28,7 @@ class DefenseBenchRow:
     ssim: float
     reference_images_per_second: float | None = None
     max_abs_diff_to_reference: float | None = None
+    rmse_to_reference: float | None = None
 
     @property
     def speedup(self) -> float | None:
@@ -86,7 +87,9 @@ def bench_defenses(names: list[str] | None, n_images: int, device: torch.device,
             subset = images[:reference_images]
             ref_out, ref_seconds = timed(lambda: refs[name](subset, defense), device, 1)
             row.reference_images_per_second = len(subset) / ref_seconds
-            if not defense.randomized:
-                row.max_abs_diff_to_reference = (ref_out - out[: len(subset)]).abs().max().item()
+            # a randomized defense is compared on the draw its reference makes (same seed)
+            mine = defense(subset, reference_generator(device)) if defense.randomized else out[: len(subset)]
+            row.max_abs_diff_to_reference = (ref_out - mine).abs().max().item()
+            row.rmse_to_reference = (ref_out - mine).pow(2).mean().sqrt().item()
         rows.append(row)
     return rows

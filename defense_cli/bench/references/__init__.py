@@ -4,6 +4,9 @@ Each module here registers functions with `@reference("<defense option>")`. A re
 batch and the configured defense (to read its parameters) and returns the defended batch, doing
 the work the straightforward way (a Python loop over images, numpy, a generic solver...), so the
 benchmark prints how much faster the project's batched version is on the same images.
+
+A reference of a randomized defense draws its random masks from `reference_generator(device)`
+the same way the defense does, so the benchmark can compare both outputs on the same draw.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from defense_cli.defenses import Defense
 
 ReferenceFn = Callable[[torch.Tensor, Defense], torch.Tensor]
+REFERENCE_SEED = 0
 _REFERENCES: dict[str, ReferenceFn] = {}
 
 
@@ -35,3 +39,8 @@ def references() -> dict[str, ReferenceFn]:
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
     return dict(_REFERENCES)
+
+
+def reference_generator(device: torch.device) -> torch.Generator:
+    """The generator with which references and the benchmark draw a randomized defense's masks."""
+    return torch.Generator(device=device).manual_seed(REFERENCE_SEED)
