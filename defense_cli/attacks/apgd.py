@@ -11,7 +11,8 @@ checkpoint and its best loss has not improved since. Losses: cross-entropy ("ce"
 difference-of-logits ratio DLR (eq. 3, "dlr") and its targeted version (eq. 4) for APGD-T, which
 runs once per target class among the `target_classes` most likely wrong classes (sec. 4: 9).
 L2 steps use the gradient divided by its L2 norm (the authors' L2 variant). An image's result is
-the first iterate that fools the model, else its last iterate.
+the first iterate that fools the model, else its highest-loss iterate (choice: the most damaging
+point for a transfer to a defended model; the authors' code returns the start there).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def checkpoints(steps: int) -> list[int]:
     """Iterations w_j at which the step size may halve (Croce and Hein 2020, sec. 3.2)."""
     previous, current, points = 0.0, 0.22, []
     while current <= 1:
-        points.append(math.ceil(current * steps))
+        points.append(math.ceil(round(current * steps, 6)))   # round: 0.22 + 0.19 must give 41, not 42
         previous, current = current, current + max(current - previous - 0.03, 0.06)
     return sorted(set(p for p in points if 0 < p <= steps))
 
@@ -95,7 +96,7 @@ class APGD(Attack):
 
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              generator: torch.Generator | None, loss_fn: Loss) -> tuple[torch.Tensor, torch.Tensor]:
-        """Algorithm 1 on one batch: (first fooling or last iterate, fooled mask)."""
+        """Algorithm 1 on one batch: (first fooling or highest-loss iterate, fooled mask)."""
         shape = (-1,) + (1,) * (images.dim() - 1)
         step = torch.full((images.shape[0],), 2 * self.eps, device=images.device).view(shape)
         x = random_start(images, self.eps, self.norm, generator)
@@ -124,7 +125,7 @@ class APGD(Attack):
                 x[stalled], grad[stalled] = best_x[stalled], best_grad[stalled]
                 reduced_last, checked_loss, last_check = stalled, best_loss.clone(), k
                 increases.zero_()
-        found[~fooled] = x[~fooled]
+        found[~fooled] = best_x[~fooled]
         return found, fooled
 
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:
