@@ -114,6 +114,7 @@ def test_papers_settings_reach_the_attacks():
     (lambda: Boundary(step_adaptation=1.0), "step_adaptation"),
     (lambda: HopSkipJump(norm="l1"), "norm"),
     (lambda: HopSkipJump(init_directions=0), "init_directions"),
+    (lambda: HopSkipJump(initial_gradient_eval_steps=50, max_gradient_eval_steps=20), "initial_gradient_eval_steps"),
     (lambda: SPSA(norm="l2"), "norm"),
     (lambda: SPSA(samples=0), "samples"),
     (lambda: SPSA(delta=0), "delta"),

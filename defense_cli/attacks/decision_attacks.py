@@ -90,6 +90,9 @@ class HopSkipJump(DecisionAttack):
         self.initial_gradient_eval_steps = check_positive_int("initial_gradient_eval_steps",
                                                               initial_gradient_eval_steps)
         self.max_gradient_eval_steps = check_positive_int("max_gradient_eval_steps", max_gradient_eval_steps)
+        if self.initial_gradient_eval_steps > self.max_gradient_eval_steps:
+            raise ValueError(f"initial_gradient_eval_steps={initial_gradient_eval_steps!r} must be <= "
+                             f"max_gradient_eval_steps={max_gradient_eval_steps!r}")
         self.gamma = check_positive("gamma", gamma)
         self._set_start(init_directions, init_steps)
 
