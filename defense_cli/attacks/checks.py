@@ -17,7 +17,7 @@ def check_eps(eps: Any, allow_unbounded: bool = False) -> float | None:
     if eps is None and allow_unbounded:
         return None
     if not (_number(eps) and eps >= 0):
-        allowed = "a number >= 0 (pixel scale) or null (unbounded)" if allow_unbounded else "a number >= 0 (pixel scale)"
+        allowed = "a number >= 0 (pixel scale)" + (" or null (unbounded)" if allow_unbounded else "")
         raise ValueError(f"eps={eps!r} is not allowed: eps must be {allowed}")
     return float(eps)
 
