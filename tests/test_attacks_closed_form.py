@@ -102,3 +102,24 @@ def test_apgd_t_refuses_models_with_fewer_than_four_classes():
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3)).eval()
     with pytest.raises(ValueError, match="4 classes"):
         APGDTargeted(eps=0.01, steps=2)(model, torch.rand(2, 3, 4, 4), torch.zeros(2, dtype=torch.long))
+
+
+def test_apgd_checkpoint_halves_the_step_and_returns_to_the_best_point_only_where_stalled():
+    from defense_cli.attacks.apgd import _SearchState
+
+    start = torch.zeros(2, 1, 1, 2)
+    state = _SearchState(start, torch.tensor([0.0, 0.0]), torch.ones(2, 1, 1, 2),
+                         torch.tensor([False, False]), step=0.4)
+    rising = torch.tensor([[[[1.0, 1.0]]], [[[2.0, 2.0]]]])
+    state.record(rising, torch.tensor([1.0, 1.0]), torch.ones(2, 1, 1, 2), torch.tensor([False, False]))
+    # image 0 keeps rising, image 1 falls below its best: 1 of 2 steps rose, < 0.75 * 2
+    falling = torch.tensor([[[[3.0, 3.0]]], [[[5.0, 5.0]]]])
+    state.record(falling, torch.tensor([2.0, 0.5]), torch.ones(2, 1, 1, 2), torch.tensor([False, False]))
+    x = state.checkpoint(falling, k=2, rho=0.75)
+    torch.testing.assert_close(state.step.flatten(), torch.tensor([0.4, 0.2]))
+    torch.testing.assert_close(x, torch.stack([falling[0], rising[1]]))
+    # condition 2: not reduced last time and no new best since -> halve now, though the loss rose
+    state.record(falling, torch.tensor([2.0, 0.5]), torch.ones(2, 1, 1, 2), torch.tensor([False, False]))
+    state.checkpoint(falling, k=3, rho=0.0)
+    torch.testing.assert_close(state.step.flatten(), torch.tensor([0.2, 0.2]))
+    torch.testing.assert_close(state.result(), torch.stack([falling[0], rising[1]]))

@@ -97,36 +97,17 @@ class APGD(Attack):
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              generator: torch.Generator | None, loss_fn: Loss) -> tuple[torch.Tensor, torch.Tensor]:
         """Algorithm 1 on one batch: (first fooling or highest-loss iterate, fooled mask)."""
-        shape = (-1,) + (1,) * (images.dim() - 1)
-        step = torch.full((images.shape[0],), 2 * self.eps, device=images.device).view(shape)
         x = random_start(images, self.eps, self.norm, generator)
-        loss, grad, fooled = self._loss_and_grad(model, x, labels, loss_fn)
-        found = x.clone()
-        best_loss, best_x, best_grad = loss.clone(), x.clone(), grad.clone()
-        previous, increases = x.clone(), torch.zeros_like(loss)
-        last_check, checked_loss = 0, best_loss.clone()
-        reduced_last = torch.zeros_like(fooled)
-        points = set(checkpoints(self.steps))
+        state = _SearchState(x, *self._loss_and_grad(model, x, labels, loss_fn), step=2 * self.eps)
+        previous, points = x, set(checkpoints(self.steps))
         for k in range(1, self.steps + 1):
             alpha = 1.0 if k == 1 else self.momentum
-            z = project(x + step * self._direction(grad), images, self.eps, self.norm)
+            z = project(x + state.step * self._direction(state.grad), images, self.eps, self.norm)
             x, previous = project(x + alpha * (z - x) + (1 - alpha) * (x - previous), images, self.eps, self.norm), x
-            new_loss, grad, now_fooled = self._loss_and_grad(model, x, labels, loss_fn)
-            fresh = now_fooled & ~fooled
-            found[fresh], fooled = x[fresh], fooled | now_fooled
-            increases += (new_loss > loss).float()
-            loss = new_loss
-            better = loss > best_loss
-            best_loss, best_x[better], best_grad[better] = torch.where(better, loss, best_loss), x[better], grad[better]
+            state.record(x, *self._loss_and_grad(model, x, labels, loss_fn))
             if k in points:
-                stalled = increases < self.rho * (k - last_check)
-                stalled |= ~reduced_last & (best_loss <= checked_loss)
-                step[stalled] /= 2
-                x[stalled], grad[stalled] = best_x[stalled], best_grad[stalled]
-                reduced_last, checked_loss, last_check = stalled, best_loss.clone(), k
-                increases.zero_()
-        found[~fooled] = best_x[~fooled]
-        return found, fooled
+                x = state.checkpoint(x, k, self.rho)
+        return state.result(), state.fooled
 
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:
         if self.norm == "linf":
@@ -178,3 +159,40 @@ class APGDTargeted(APGD):
     def describe(self) -> str:
         return (f"APGD-T(norm={self.norm}, eps={eps_text(self.eps)}, steps={self.steps}, "
                 f"restarts={self.restarts}, target_classes={self.target_classes}, rho={self.rho:.3g})")
+
+
+class _SearchState:
+    """Per-image bookkeeping of Algorithm 1: step sizes, best loss and point, first fooling point."""
+
+    def __init__(self, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor, fooled: torch.Tensor,
+                 step: float) -> None:
+        self.step = torch.full_like(loss, step).view(-1, *([1] * (x.dim() - 1)))
+        self.loss, self.grad, self.fooled, self.found = loss, grad, fooled, x.clone()
+        self.best_loss, self.best_x, self.best_grad = loss.clone(), x.clone(), grad.clone()
+        self.increases = torch.zeros_like(loss)
+        self.last_check, self.checked_loss = 0, loss.clone()
+        self.reduced_last = torch.zeros_like(fooled)
+
+    def record(self, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor, fooled: torch.Tensor) -> None:
+        fresh = fooled & ~self.fooled
+        self.found[fresh] = x[fresh]
+        self.fooled = self.fooled | fooled
+        self.increases += (loss > self.loss).float()
+        better = loss > self.best_loss
+        self.best_loss = torch.where(better, loss, self.best_loss)
+        self.best_x[better], self.best_grad[better] = x[better], grad[better]
+        self.loss, self.grad = loss, grad
+
+    def checkpoint(self, x: torch.Tensor, k: int, rho: float) -> torch.Tensor:
+        """Halve the step and go back to the best point where conditions 1 or 2 hold; the iterate."""
+        stalled = self.increases < rho * (k - self.last_check)                  # condition 1
+        stalled |= ~self.reduced_last & (self.best_loss <= self.checked_loss)     # condition 2
+        self.step[stalled] /= 2
+        x = torch.where(stalled.view_as(self.step), self.best_x, x)
+        self.grad = torch.where(stalled.view_as(self.step), self.best_grad, self.grad)
+        self.reduced_last, self.checked_loss, self.last_check = stalled, self.best_loss.clone(), k
+        self.increases.zero_()
+        return x
+
+    def result(self) -> torch.Tensor:
+        return torch.where(self.fooled.view_as(self.step), self.found, self.best_x)
