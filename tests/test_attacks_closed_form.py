@@ -123,3 +123,12 @@ def test_apgd_checkpoint_halves_the_step_and_returns_to_the_best_point_only_wher
     state.checkpoint(falling, k=3, rho=0.0)
     torch.testing.assert_close(state.step.flatten(), torch.tensor([0.2, 0.2]))
     torch.testing.assert_close(state.result(), torch.stack([falling[0], rising[1]]))
+
+
+def test_foolbox_attacks_leave_the_models_parameters_untouched():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 10))
+    model[1].weight.requires_grad_(False)                       # a frozen parameter stays frozen
+    images, labels = torch.rand(3, 3, 4, 4), torch.zeros(3, dtype=torch.long)
+    PGD(eps=0.03, steps=2)(model, images, labels)
+    assert model[1].weight.grad is None and model[1].bias.grad is None     # no weight gradients computed
+    assert model[1].bias.requires_grad and not model[1].weight.requires_grad

@@ -31,7 +31,7 @@ class DecisionAttack(FoolboxMinimizationAttack):
         self.init_directions = check_positive_int("init_directions", init_directions)
         self.init_steps = check_positive_int("init_steps", init_steps)
 
-    def _attack(self, fmodel, images, labels, **kwargs):
+    def _attack(self, fmodel, images, labels):
         search = fb.attacks.LinearSearchBlendedUniformNoiseAttack(directions=self.init_directions,
                                                                   steps=self.init_steps)
         with warnings.catch_warnings():

@@ -9,6 +9,8 @@ foolbox adapters (minimisation and decision-based attacks) build on `FoolboxMini
 from __future__ import annotations
 
 from abc import abstractmethod
+from contextlib import contextmanager
+from typing import Iterator
 
 import eagerpy as ep
 import foolbox as fb
@@ -29,6 +31,21 @@ from defense_cli.attacks.checks import (
 PGD_LOSSES = ("ce", "nl2")
 
 
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Parameters without requires_grad for the duration: foolbox (through eagerpy) calls
+    `loss.backward()`, which would otherwise compute every weight gradient (a third of the backward
+    pass, wasted) and accumulate it into `param.grad` (polluting a training step around the attack)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+
+
 class FoolboxAttack(Attack):
     """Runs a foolbox attack at one epsilon with the misclassification criterion."""
 
@@ -40,7 +57,7 @@ class FoolboxAttack(Attack):
                 generator: torch.Generator | None) -> torch.Tensor:
         fmodel = fb.PyTorchModel(model.eval(), bounds=(0, 1), device=images.device)
         devices = [images.device] if images.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), frozen_parameters(model):
             torch.manual_seed(seeded_rng(generator))
             return self._attack(fmodel, images, labels).clamp(0, 1)
 
