@@ -112,7 +112,9 @@ _RULES: dict[str, tuple[Rule, str]] = {
     "train.optimizer": (_one_of("sgd", "adam"), "one of sgd, adam"),
     "train.schedule": (_one_of("cosine", "step", "constant"), "one of cosine, step, constant"),
     "train.step_size": (_positive_int, "an integer >= 1"),
-    "attack.eps": (_nonneg, "a number >= 0 (pixel scale, e.g. 0.0313 for 8/255)"),
+    "attack.eps": (lambda v: v is None or _nonneg(v),
+                   "a number >= 0 (pixel scale, e.g. 0.0313 for 8/255), or null (unbounded) for "
+                   "minimisation and decision-based attacks"),
     "attack.steps": (_positive_int, "an integer >= 1"),
     "attack.step_size": (lambda v: _number(v) and v > 0, "a number > 0 (pixel scale)"),
     "attack.restarts": (_positive_int, "an integer >= 1"),

@@ -31,7 +31,7 @@ class Attack(ABC):
 
     uses_gradients: ClassVar[bool] = True
     norm: str = "linf"
-    eps: float = 0.0
+    eps: float | None = 0.0     # None: unbounded (minimisation attacks report the raw perturbation)
 
     def __call__(
         self,
@@ -52,7 +52,8 @@ class Attack(ABC):
 
     def describe(self) -> str:
         """A short statement of the attack's strength, printed beside every result."""
-        return f"{type(self).__name__}(norm={self.norm}, eps={self.eps:.4g})"
+        eps = "unbounded" if self.eps is None else f"{self.eps:.4g}"
+        return f"{type(self).__name__}(norm={self.norm}, eps={eps})"
 
 
 class CountingModel(nn.Module):

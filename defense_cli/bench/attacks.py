@@ -1,0 +1,91 @@
+"""`defense-cli bench attacks`: PGD steps/s through the foolbox adapter against a minimal hand-written
+torch PGD loop on the same model and batch (the adapter's overhead as a time ratio; goal <= 1.2x).
+
+Both run the same attack (Linf, no random start, fixed step), so their outputs must agree; the
+largest difference is printed beside the timings. Models are untrained: timing only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from defense_cli.attacks.foolbox_attacks import PGD
+from defense_cli.config import compose_group_option
+from defense_cli.models.registry import build_classifier
+
+# model option -> dataset option whose input shape and normalisation it is timed on
+BENCH_SETUPS = {"small_cnn": "mnist5k", "resnet18": "cifar10"}
+EPS, STEP_SIZE = 8 / 255, 2 / 255
+
+
+@dataclass
+class AttackBenchRow:
+    model: str
+    input_shape: tuple[int, ...]
+    steps: int
+    foolbox_steps_per_second: float
+    loop_steps_per_second: float
+    max_abs_diff: float
+
+    @property
+    def time_ratio(self) -> float:
+        """foolbox adapter time / hand-written loop time (1.0 = no overhead)."""
+        return self.loop_steps_per_second / self.foolbox_steps_per_second
+
+
+def torch_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, step_size: float,
+              steps: int) -> torch.Tensor:
+    """The minimal Linf PGD loop (no random start) the adapter is measured against."""
+    x = images.clone()
+    for _ in range(steps):
+        x.requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(x), labels, reduction="sum")
+        grad, = torch.autograd.grad(loss, x)
+        x = torch.min(torch.max(x.detach() + step_size * grad.sign(), images - eps), images + eps).clamp(0, 1)
+    return x
+
+
+def timed_alternately(fns: list[Callable[[], torch.Tensor]], device: torch.device,
+                      repeats: int) -> list[tuple[torch.Tensor, float]]:
+    """Best wall time of each function over `repeats` rounds after one warm-up, the functions taking
+    turns within a round so that a change of machine load hits them alike; and their last outputs."""
+    results = [(fn(), float("inf")) for fn in fns]
+    for _ in range(repeats):
+        for index, fn in enumerate(fns):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            out = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            results[index] = (out, min(results[index][1], time.perf_counter() - start))
+    return results
+
+
+def bench_model(name: str, n_images: int, steps: int, device: torch.device, repeats: int) -> AttackBenchRow:
+    dataset = compose_group_option("dataset", BENCH_SETUPS[name])
+    torch.manual_seed(0)
+    model = build_classifier(compose_group_option("model", name), dataset).to(device).eval()
+    shape = (n_images, dataset.channels, dataset.image_size, dataset.image_size)
+    images = torch.rand(shape, device=device)
+    labels = torch.randint(0, dataset.num_classes, (n_images,), device=device)
+    attack = PGD(eps=EPS, steps=steps, step_size=STEP_SIZE, random_start=False)
+    (adapter_out, adapter_time), (loop_out, loop_time) = timed_alternately(
+        [lambda: attack(model, images, labels).adversarial,
+         lambda: torch_pgd(model, images, labels, EPS, STEP_SIZE, steps)], device, repeats)
+    return AttackBenchRow(name, shape[1:], steps, steps / adapter_time, steps / loop_time,
+                          (adapter_out - loop_out).abs().max().item())
+
+
+def bench_attacks(models: list[str] | None, n_images: int, steps: int, device: torch.device,
+                  repeats: int = 1) -> list[AttackBenchRow]:
+    names = models or list(BENCH_SETUPS)
+    unknown = [n for n in names if n not in BENCH_SETUPS]
+    if unknown:
+        raise ValueError(f"model={unknown[0]!r} has no bench setup; allowed: {', '.join(BENCH_SETUPS)}")
+    return [bench_model(name, n_images, steps, device, repeats) for name in names]
