@@ -86,9 +86,11 @@ def unbounded_attack_config(attack_cfg: DictConfig, n_pixels: int) -> DictConfig
     """The attack with eps = 1 (Linf) or sqrt(n_pixels) (L2, the cube's diameter); the step size is
     scaled by the same ratio so the attack can travel that far, and it starts from the clean image
     (a random start in a ball that large is a noise image, far from any useful gradient).
-    None for an attack without eps."""
+    None for an attack without eps; an attack with eps = null is unbounded already and kept as is."""
     if "eps" not in attack_cfg:
         return None
+    if attack_cfg.eps is None:
+        return attack_cfg
     eps = math.sqrt(n_pixels) if attack_cfg.get("norm", "linf") == "l2" else 1.0
     changes: dict[str, float | bool] = {"eps": eps}
     if "random_start" in attack_cfg:

@@ -126,3 +126,12 @@ def test_matching_runs_are_found_in_mlflow_by_setting(tmp_path):
     found = tracker.finished_runs({"setting": "s1"}, "robust_accuracy")
     assert sorted((tags["threat_model"], value) for tags, value in found.values()) == [
         ("gray_box", 0.2), ("white_box", 0.4)]
+
+
+def test_unbounded_config_keeps_an_attack_that_is_unbounded_already():
+    from omegaconf import OmegaConf
+
+    from defense_cli.validity import unbounded_attack_config
+
+    cw = OmegaConf.create({"name": "cw", "eps": None, "steps": 10})
+    assert unbounded_attack_config(cw, 784) == cw
