@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["--help"]}
 EXIT_BAD_INPUT = 2
+COMPRESS_CONFIG_NAME = "compress_config"
 
 
 def _dispatch(task: Callable[[DictConfig], object], args: list[str]) -> None:
@@ -109,6 +110,30 @@ def train(ctx: typer.Context) -> None:
     Example: defense-cli train model=lenet train.epochs=5
     """
     _dispatch(_train_task, list(ctx.args))
+
+
+def _compress_task(cfg: DictConfig) -> None:
+    from defense_cli.compression.command import compress
+
+    compress(cfg)
+
+
+@app.command("compress", context_settings=HYDRA_ARGS)
+def compress_command(ctx: typer.Context) -> None:
+    """Decompose the classifier's conv layers (L1-LRAR, NL2A or VH2), fine-tune, and report
+    per-layer FLOPs and errors, accuracy, params and measured latency to MLflow.
+
+    Arguments are Hydra overrides on conf/compress_config.yaml (the run config + a compress option).
+
+    Examples:
+
+      defense-cli compress model=vgg16_bn dataset=cifar10 compress.rank=0.25
+
+      defense-cli compress compress=nl2a compress.procedure=iterative compress.finetune.epochs=1
+
+      defense-cli run model=compressed model.entry=<the file compress printed>
+    """
+    _dispatch(_compress_task, ["--config-name", COMPRESS_CONFIG_NAME, *ctx.args])
 
 
 @app.command("list")

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from defense_cli.errors import ConfigError
 
 CONFIG_NAME = "config"
-GROUPS = ("dataset", "model", "train", "defense", "attack", "threat_model", "experiment")
+GROUPS = ("dataset", "model", "train", "defense", "attack", "threat_model", "experiment", "compress")
 
 
 def conf_dir() -> Path:

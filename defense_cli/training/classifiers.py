@@ -16,7 +16,7 @@ from defense_cli.data import DatasetSplits, ImageSet
 from defense_cli.models import Classifier, build_classifier
 from defense_cli.training.cache import cache_key, cached
 from defense_cli.training.defended_data import defended_training_set
-from defense_cli.training.trainer import predict, train_classifier
+from defense_cli.training.trainer import TrainingLog, predict, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,10 @@ def obtain_classifier(
         if preprocess_cfg is not None:
             data = defended_training_set(splits.train, preprocess_cfg, dataset_cfg, cache_dir, device,
                                          train_cfg.seed)
-        history = train_classifier(fresh, data, train_cfg, device, desc=f"train {model_cfg.name}")
+        if getattr(fresh.backbone, "pretrained", False):  # e.g. model=compressed: weights come with it
+            history = TrainingLog([], [])
+        else:
+            history = train_classifier(fresh, data, train_cfg, device, desc=f"train {model_cfg.name}")
         return {"state_dict": {k: v.cpu() for k, v in fresh.state_dict().items()},
                 "train_accuracy": history.accuracies[-1] if history.accuracies else float("nan"),
                 "losses": history.losses}
