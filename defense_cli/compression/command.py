@@ -17,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from defense_cli.compression.cost import count_flops, median_latency, parameter_count
-from defense_cli.compression.decompose import LayerReport, decompose_model, structure_of
+from defense_cli.compression.decompose import LayerReport, chosen_layers, decompose_model, structure_of
 from defense_cli.compression.plots import error_plot, macs_plot, residual_plot
 from defense_cli.compression.settings import CompressSettings
 from defense_cli.compression.stored import compressed_backbone, entry_path
 from defense_cli.data import ImageSet
 from defense_cli.experiment import Prepared, prepare, run_tags
-from defense_cli.models import Classifier
+from defense_cli.models import Classifier, build_classifier
 from defense_cli.report import print_table, results_table
 from defense_cli.tracking import RunLog, current_parent_run, flatten
 from defense_cli.training.cache import cache_key, cached
@@ -37,6 +37,7 @@ def compress(cfg: DictConfig) -> dict[str, float]:
     """The `compress` task. Returns the whole-model metrics it logged."""
     settings = CompressSettings.from_config(cfg.compress)
     p = prepare(cfg)
+    chosen_layers(build_classifier(cfg.model, cfg.dataset), p.splits.test.shape, settings)  # fails before the run
     name = cfg.mlflow.run_name or f"compress-{cfg.dataset.name}-{cfg.model.name}-{settings.method}-r{settings.rank}"
     tags = {**run_tags(cfg, "compress"), "compress_method": settings.method}
     with p.tracker.run(name, tags, current_parent_run()) as run:

@@ -128,6 +128,16 @@ class Decomposition:
     specs: list[LayerSpec]
 
 
+def chosen_layers(model: nn.Module, image_shape: tuple[int, int, int], settings: CompressSettings) -> list[ConvLayer]:
+    """The conv layers `settings` selects; ConfigError when there is none or a name is unknown."""
+    layers = conv_layers(model, image_shape)
+    chosen = select_layers(layers, settings.layers, settings.stage)
+    if not chosen:
+        raise ConfigError(f"no conv layer selected: this model's convs are {', '.join(l.name for l in layers)}; "
+                          "the default skips the first and last one, so set compress.layers=[...]")
+    return chosen
+
+
 def decompose_model(model: nn.Module, images: torch.Tensor, settings: CompressSettings,
                     finetune: Callable[[nn.Module], None] | None = None) -> Decomposition:
     """Decompose the selected conv layers of a copy of `model` (see the module docstring).
@@ -135,11 +145,7 @@ def decompose_model(model: nn.Module, images: torch.Tensor, settings: CompressSe
     `images` (N, C, H, W) in [0, 1] are the training images whose responses are sampled; `finetune`
     is called on the approximated model after each layer when `settings.procedure == "iterative"`.
     """
-    layers = conv_layers(model, tuple(images.shape[1:]))
-    chosen = select_layers(layers, settings.layers, settings.stage)
-    if not chosen:
-        raise ConfigError(f"no conv layer selected: this model's convs are {', '.join(l.name for l in layers)}; "
-                          "the default skips the first and last one, so set compress.layers=[...]")
+    chosen = chosen_layers(model, tuple(images.shape[1:]), settings)
     reference = copy.deepcopy(model).eval()
     approx = copy.deepcopy(model).eval()
     sampler = ResponseSampler(images, settings.samples, settings.batch_size, settings.seed)

@@ -56,7 +56,9 @@ class ReducedRankRegression:
         self.H = H
         gram = (H.double() @ H.double().T)
         values, vectors = torch.linalg.eigh(gram)
-        keep = values > values.max().clamp_min(1e-300) * H.shape[0] * torch.finfo(torch.float64).eps
+        # directions of H H^T below the input's precision are treated as null (pinv's rule with the
+        # data's dtype: float32 responses leave ~1e-7 relative noise in H's null space)
+        keep = values > values.max().clamp_min(1e-300) * H.shape[0] * torch.finfo(H.dtype).eps
         inverse = torch.where(keep, 1 / values.clamp_min(1e-300), torch.zeros_like(values))
         self.gram_pinv = (vectors * inverse) @ vectors.T
         self.gram_root = (vectors * values.clamp_min(0).sqrt()) @ vectors.T
