@@ -88,3 +88,12 @@ def test_bad_input_names_the_value():
         decompose_model(model, images, _settings(samples=4))
     with pytest.raises(ConfigError, match="compress.stage=7"):
         decompose_model(model, images, _settings(stage=7))
+
+
+def test_vh2_matches_the_macs_of_the_lowrank_layer_it_is_compared_with():
+    model, images = _subspace_model(), _images()
+    lowrank = decompose_model(model, images, _settings(layers=["conv3"], rank=0.5)).reports[0]
+    vh2 = decompose_model(model, images, _settings(method="vh2", layers=["conv3"], rank=0.5)).reports[0]
+    per_filter = 8 * 3 * 5 * 10 + 5 * 3 * 5 * 5  # vertical on 5 x 10 positions, horizontal on 5 x 5
+    assert vh2.macs_after == vh2.rank * per_filter
+    assert abs(vh2.macs_after - lowrank.macs_after) <= per_filter / 2

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from defense_cli.compression.cost import count_flops
+from defense_cli.compression.cost import count_flops, lowrank_macs
 from defense_cli.compression.layers import (LowRankConv, SeparableConv, check_decomposable, fold_batchnorm,
                                             weight_svd_map)
 from defense_cli.compression.network import (ConvLayer, conv_layers, following_batchnorm, get_module, select_layers,
@@ -63,15 +63,20 @@ class LayerSpec:
     batchnorm: str | None
 
 
-def vh2_rank(layer_rank: int, conv: nn.Conv2d) -> int:
-    """K vertical filters with the MACs of a rank-m LowRankConv: K (c k_h + n k_w) = m (c k_h k_w + n).
+def vh2_rank(layer_rank: int, conv: nn.Conv2d, in_shape: tuple[int, int, int],
+             out_shape: tuple[int, int, int]) -> int:
+    """K vertical filters with the MACs of a rank-m LowRankConv (eq. 2.7), rounded, at least 1.
 
-    The thesis compares VH2 with L1-LRAR "under the same execution time" (Table 2.3); matching the
-    per-position MACs is that choice. K is capped at rank(A) <= min(c k_h, n k_w).
+    The thesis compares VH2 with L1-LRAR "under the same execution time" (Table 2.3); matching
+    MACs is that choice. The vertical k_h x 1 conv runs on h_o x w_in positions (it does not stride
+    or pad along the width), the horizontal 1 x k_w conv on h_o x w_o. K is capped at
+    rank(A) <= min(c k_h, n k_w), where the SVD is exact.
     """
     n, c, kh, kw = conv.weight.shape
-    matched = round(layer_rank * (c * kh * kw + n) / (c * kh + n * kw))
-    return max(1, min(matched, c * kh, n * kw))
+    h_out, w_out = out_shape[1:]
+    target = lowrank_macs(n, layer_rank, c, kh, kw, h_out, w_out)
+    per_filter = c * kh * h_out * in_shape[2] + n * kw * h_out * w_out
+    return max(1, min(round(target / per_filter), c * kh, n * kw))
 
 
 def fold_layer(model: nn.Module, path: str, batchnorm: str | None) -> nn.Conv2d:
@@ -97,11 +102,11 @@ def apply_structure(model: nn.Module, specs: list[dict]) -> nn.Module:
     return model
 
 
-def decompose_conv(method: str, conv: nn.Conv2d, rank: int, Y: torch.Tensor, Y_hat: torch.Tensor,
-                   solver: dict) -> tuple[nn.Module, list[float], str, int]:
+def decompose_conv(method: str, conv: nn.Conv2d, layer: ConvLayer, rank: int, Y: torch.Tensor,
+                   Y_hat: torch.Tensor, solver: dict) -> tuple[nn.Module, list[float], str, int]:
     """The replacement module for `conv`, the solver's per-iteration residuals, its kind and rank."""
     if method == "vh2":
-        k = vh2_rank(rank, conv)
+        k = vh2_rank(rank, conv, layer.in_shape, layer.out_shape)
         return SeparableConv.from_conv(conv, k), [], "separable", k
     if method == "l1_lrar":
         mapping = l1_lrar(Y, Y_hat, rank, **solver)
@@ -172,7 +177,7 @@ def _decompose_one(reference: nn.Module, approx: nn.Module, layer: ConvLayer, sa
     conv = fold_layer(approx, layer.path, batchnorm)
     Y = sampler.collect(reference, layer.path, layer.out_shape)
     Y_hat = sampler.collect(approx, layer.path, layer.out_shape)
-    module, residuals, kind, used_rank = decompose_conv(settings.method, conv, rank, Y, Y_hat, settings.solver)
+    module, residuals, kind, used_rank = decompose_conv(settings.method, conv, layer, rank, Y, Y_hat, settings.solver)
     set_module(approx, layer.path, module)
     linear, nonlinear = error_ratios(Y, sampler.collect(approx, layer.path, layer.out_shape))
     input_shape = (1, *layer.in_shape)

@@ -55,5 +55,6 @@ def residual_plot(reports: list[LayerReport], path: Path) -> Path:
         if report.residuals:
             axes.semilogy(range(1, len(report.residuals) + 1), report.residuals, label=report.name)
     axes.set_xlabel("iteration")
-    axes.legend(fontsize="small")
+    if any(report.residuals for report in reports):
+        axes.legend(fontsize="small")
     return _save(plt, figure, path)
