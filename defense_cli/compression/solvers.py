@@ -99,9 +99,8 @@ def l1_lrar(Y: torch.Tensor, Y_hat: torch.Tensor, rank: int, lam: float | None =
     ||Z - M H - E||_F / ||Z||_F < tol (eq. 2.20) or after `max_iter` iterations.
 
     Choices where the text is silent: lam defaults to 1 / sqrt(max(n, N)) (robust PCA, its ref.
-    [35]); L starts at Z / ||Z||_F (Algorithm 1 writes H / ||H||_F; with the asymmetric target
-    the two have the same shape, and Z is what the constraint is measured against). The residual of
-    every iteration is kept in `residuals`.
+    [35]); L starts at H / ||H||_F as Algorithm 1 writes. The residual (eq. 2.20) of every
+    iteration is kept in `residuals`. Cost per iteration: about 2 n^2 N multiply-adds.
     """
     check_rank(rank, Y)
     Z, y_mean = centered(Y)
@@ -109,7 +108,7 @@ def l1_lrar(Y: torch.Tensor, Y_hat: torch.Tensor, rank: int, lam: float | None =
     lam = lam if lam is not None else 1.0 / max(Z.shape) ** 0.5
     z_norm = torch.linalg.norm(Z).clamp_min(torch.finfo(Z.dtype).tiny)
     E = torch.zeros_like(Z)
-    L = Z / z_norm
+    L = H / torch.linalg.norm(H).clamp_min(torch.finfo(H.dtype).tiny)
     regression = ReducedRankRegression(H)
     residuals: list[float] = []
     for _ in range(max_iter):
