@@ -24,8 +24,10 @@ def empty_store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def home(tmp_path, empty_store) -> Path:
+def home(tmp_path, empty_store, monkeypatch) -> Path:
+    """A fresh project home, also the working directory (Hydra outputs, MLflow artifacts)."""
     shutil.copy(empty_store, tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
     return tmp_path
 
 

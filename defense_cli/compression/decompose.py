@@ -27,7 +27,7 @@ from defense_cli.compression.network import (ConvLayer, conv_layers, following_b
                                              set_module)
 from defense_cli.compression.responses import ResponseSampler
 from defense_cli.compression.settings import CompressSettings
-from defense_cli.compression.solvers import l1_lrar, nl2a
+from defense_cli.compression.solvers import NL2A_SCHEDULE, l1_lrar, lambda_steps, nl2a
 from defense_cli.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -111,9 +111,7 @@ def decompose_conv(method: str, conv: nn.Conv2d, layer: ConvLayer, rank: int, Y:
     if method == "l1_lrar":
         mapping = l1_lrar(Y, Y_hat, rank, **solver)
     else:
-        schedule = tuple(value for value, steps in solver.get("lambda_schedule", [[0.01, 25], [1.0, 25]])
-                         for _ in range(int(steps)))
-        mapping = nl2a(Y, Y_hat, rank, schedule)
+        mapping = nl2a(Y, Y_hat, rank, lambda_steps(solver.get("lambda_schedule", NL2A_SCHEDULE)))
     return LowRankConv.from_map(conv, mapping), mapping.residuals, "lowrank", rank
 
 

@@ -140,7 +140,15 @@ def relu_target(y: torch.Tensor, target: torch.Tensor, lam: float) -> torch.Tens
     return torch.where(cost(positive) <= cost(negative), positive, negative)
 
 
-def nl2a(Y: torch.Tensor, Y_hat: torch.Tensor, rank: int, lambdas: tuple[float, ...] = (0.01,) * 25 + (1.0,) * 25
+NL2A_SCHEDULE = ((0.01, 25), (1.0, 25))  # (lambda, iterations): Zhang et al. 2015
+
+
+def lambda_steps(schedule) -> tuple[float, ...]:
+    """[(lambda, iterations), ...] -> one lambda per iteration."""
+    return tuple(float(value) for value, steps in schedule for _ in range(int(steps)))
+
+
+def nl2a(Y: torch.Tensor, Y_hat: torch.Tensor, rank: int, lambdas: tuple[float, ...] = lambda_steps(NL2A_SCHEDULE)
          ) -> LowRankMap:
     """Nonlinear asymmetric approximation with ReLU (Zhang et al. 2015, the thesis's NL2A [12]).
 
