@@ -3,6 +3,7 @@ then `run` on the compressed cache entry."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -18,9 +19,14 @@ def empty_store(tmp_path_factory) -> Path:
     """An MLflow SQLite store with its migrations applied once, copied into each test's home."""
     from defense_cli.tracking import Tracker
 
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    Tracker(f"sqlite:///{path}", "defense-cli")
-    return path
+    folder = tmp_path_factory.mktemp("store")
+    previous = os.getcwd()
+    os.chdir(folder)  # the experiment's artifact root (./mlruns) is fixed where it is created
+    try:
+        Tracker(f"sqlite:///{folder / 'mlflow.db'}", "defense-cli")
+    finally:
+        os.chdir(previous)
+    return folder / "mlflow.db"
 
 
 @pytest.fixture
