@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["--help"]}
 EXIT_BAD_INPUT = 2
+COMPRESS_CONFIG_NAME = "compress_config"
 
 
 def _dispatch(task: Callable[[DictConfig], object], args: list[str]) -> None:
@@ -109,6 +110,30 @@ def train(ctx: typer.Context) -> None:
     Example: defense-cli train model=lenet train.epochs=5
     """
     _dispatch(_train_task, list(ctx.args))
+
+
+def _compress_task(cfg: DictConfig) -> None:
+    from defense_cli.compression.command import compress
+
+    compress(cfg)
+
+
+@app.command("compress", context_settings=HYDRA_ARGS)
+def compress_command(ctx: typer.Context) -> None:
+    """Decompose the classifier's conv layers (L1-LRAR, NL2A or VH2), fine-tune, and report
+    per-layer FLOPs and errors, accuracy, params and measured latency to MLflow.
+
+    Arguments are Hydra overrides on conf/compress_config.yaml (the run config + a compress option).
+
+    Examples:
+
+      defense-cli compress model=vgg16_bn dataset=cifar10 compress.rank=0.25
+
+      defense-cli compress compress=nl2a compress.procedure=iterative compress.finetune.epochs=1
+
+      defense-cli run model=compressed model.entry=<the file compress printed>
+    """
+    _dispatch(_compress_task, ["--config-name", COMPRESS_CONFIG_NAME, *ctx.args])
 
 
 @app.command("list")
@@ -237,6 +262,43 @@ def bench_attacks_command(
     console = Console()
     console.print(table)
     console.print(f"machine: {describe_machine(dev)}")
+
+
+@bench_app.command("compression")
+def bench_compression_command(
+    rank: Optional[list[float]] = typer.Option(None, "--rank", "-r", help="rank ratios; default 1, 1/2, 1/4"),
+    batch_size: int = typer.Option(1, help="images per forward pass (latency is reported per image)"),
+    repeats: int = typer.Option(20, help="timed passes after warm-up (the median is kept)"),
+    warmup: int = typer.Option(3, help="untimed passes first"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+) -> None:
+    """VGG16-BN (CIFAR) at full, 1/2 and 1/4 rank: MACs, params and measured latency per image,
+    next to the thesis's Table 2.2 speed-ups (1.76x, 2.78x).
+
+    Example: defense-cli bench compression --repeats 20
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from defense_cli.bench.compression import bench_compression
+    from defense_cli.bench.machine import describe_machine
+
+    ranks = rank or [1.0, 0.5, 0.25]
+    if not all(0 < r <= 1 for r in ranks):
+        _fail(f"--rank {ranks} is not allowed: every rank must be a ratio in (0, 1].")
+    dev, _ = _bench_setup(device, None)
+    rows = bench_compression(ranks, dev, batch_size, repeats, warmup)
+    table = Table(title=f"VGG16-BN (CIFAR-10 input), batch {batch_size}, {dev}, median of {repeats}")
+    for column in ("rank", "params", "MACs", "FLOPs ratio", "ms / image", "speed-up", "thesis speed-up"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(f"{row.rank:g}", f"{row.params:,}", f"{row.macs:.3e}", f"{row.flops_ratio:.2f}x",
+                      f"{row.latency_ms:.2f}", f"{row.speedup:.2f}x",
+                      "-" if row.thesis_speedup is None else f"{row.thesis_speedup:.2f}x")
+    console = Console()
+    console.print(table)
+    console.print(f"machine: {describe_machine(dev)}")
+
 
 if __name__ == "__main__":
     app()

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from defense_cli.errors import ConfigError
 
 CONFIG_NAME = "config"
-GROUPS = ("dataset", "model", "train", "defense", "attack", "threat_model", "experiment")
+GROUPS = ("dataset", "model", "train", "defense", "attack", "threat_model", "experiment", "compress")
 
 
 def conf_dir() -> Path:
@@ -47,13 +47,13 @@ def _first_comment(path: Path) -> str:
     return ""
 
 
-def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = CONFIG_NAME) -> DictConfig:
     """Compose the config as `defense-cli run` would, for tests and tools (no multirun here)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        return hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
 def compose_group_option(group: str, option: str) -> DictConfig:

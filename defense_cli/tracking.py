@@ -135,6 +135,16 @@ class RunLog:
         for start in range(0, len(items), BATCH_SIZE):
             self.client.log_batch(self.run_id, metrics=items[start : start + BATCH_SIZE])
 
+    def series(self, key: str, values: list[float]) -> None:
+        """One metric over steps 0, 1, 2, ... (e.g. a solver's residual per iteration)."""
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(v), now, step) for step, v in enumerate(values)]
+        for start in range(0, len(items), BATCH_SIZE):
+            self.client.log_batch(self.run_id, metrics=items[start : start + BATCH_SIZE])
+
     def tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value)[:5000])

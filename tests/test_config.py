@@ -12,13 +12,14 @@ from defense_cli.errors import ConfigError
 
 GROUP_OPTIONS = [(group, option) for group in GROUPS if (conf_dir() / group).is_dir()
                  for option in group_options(group)]
-REQUIRED = {"dataset=image_folder": ["dataset.root=/nonexistent"]}
+REQUIRED = {"dataset=image_folder": ["dataset.root=/nonexistent"], "model=compressed": ["model.entry=/x.pt"]}
+PRIMARY = {"compress": "compress_config"}  # groups composed by their own command's primary config
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
 def test_every_option_composes_and_validates(group, option):
     override = f"{group}={option}"
-    cfg = compose([override, *REQUIRED.get(override, [])])
+    cfg = compose([override, *REQUIRED.get(override, [])], config_name=PRIMARY.get(group, "config"))
     validate(cfg)
     assert OmegaConf.select(cfg, f"{group}") is not None or group == "experiment"
 

@@ -13,11 +13,20 @@ from defense_cli.models.classifier import Classifier
 
 BackboneFactory = Callable[..., nn.Module]
 
+
+def _compressed_backbone(in_channels: int, num_classes: int, entry: str) -> nn.Module:
+    """A model stored by `defense-cli compress` (imported lazily: compression imports models)."""
+    from defense_cli.compression.stored import compressed_backbone
+
+    return compressed_backbone(in_channels, num_classes, entry)
+
+
 _ARCHITECTURES: dict[str, BackboneFactory] = {
     "small_cnn": architectures.small_cnn,
     "lenet": architectures.LeNet,
     "resnet18": architectures.resnet18,
     "vgg16_bn": architectures.vgg16_bn,
+    "compressed": _compressed_backbone,
 }
 
 

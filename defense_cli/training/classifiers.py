@@ -18,7 +18,7 @@ from defense_cli.defenses import DefenseContext
 from defense_cli.training.adversarial import adversarial_batches, adversarial_key_part
 from defense_cli.training.cache import cache_key, cached
 from defense_cli.training.defended_data import defended_training_set
-from defense_cli.training.trainer import predict, train_classifier
+from defense_cli.training.trainer import TrainingLog, predict, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,13 @@ def obtain_classifier(
         if preprocess_cfg is not None:
             data = defended_training_set(splits.train, preprocess_cfg, dataset_cfg, cache_dir, device,
                                          train_cfg.seed)
-        transform = adversarial_batches(train_cfg, DefenseContext(train_set=splits.train, cache_dir=cache_dir,
-                                                                  device=device, seed=train_cfg.seed))
-        history = train_classifier(fresh, data, train_cfg, device, desc=f"train {model_cfg.name}",
-                                   batch_transform=transform)
+        if getattr(fresh.backbone, "pretrained", False):  # e.g. model=compressed: weights come with it
+            history = TrainingLog([], [])
+        else:
+            transform = adversarial_batches(train_cfg, DefenseContext(train_set=splits.train, cache_dir=cache_dir,
+                                                                      device=device, seed=train_cfg.seed))
+            history = train_classifier(fresh, data, train_cfg, device, desc=f"train {model_cfg.name}",
+                                       batch_transform=transform)
         return {"state_dict": {k: v.cpu() for k, v in fresh.state_dict().items()},
                 "train_accuracy": history.accuracies[-1] if history.accuracies else float("nan"),
                 "losses": history.losses}
