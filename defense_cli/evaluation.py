@@ -44,6 +44,17 @@ def _predict(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return classifier(images).argmax(1).cpu()
 
 
+def _predict_defended(classifier: nn.Module, defense: Defense, images: torch.Tensor, defended: torch.Tensor,
+                      generator: torch.Generator) -> torch.Tensor:
+    """Prediction on `defended`, or the majority vote over `defense.votes` fresh runs (Ens-10)."""
+    votes = getattr(defense, "votes", 1)
+    if votes > 1:
+        from defense_cli.defenses.ensemble import majority_vote
+
+        return majority_vote(classifier, defense, images, votes, generator).cpu()
+    return _predict(classifier, defended)
+
+
 def evaluate(classifier: nn.Module, defense: Defense, attack: Attack, target: nn.Module, test: ImageSet,
              batch_size: int, device: torch.device, generator: torch.Generator, grid_size: int = 8) -> Evaluation:
     """Run attack (against `target`) and defense (in front of `classifier`) over `test`."""
@@ -66,9 +77,10 @@ def evaluate(classifier: nn.Module, defense: Defense, attack: Attack, target: nn
         l2, linf = perturbation_norms(images, outcome.adversarial)
         result.labels.append(labels.cpu())
         result.clean.append(_predict(classifier, images))
-        result.defended_clean.append(_predict(classifier, defended))
+        result.defended_clean.append(_predict_defended(classifier, defense, images, defended, generator))
         result.adversarial.append(_predict(classifier, outcome.adversarial))
-        result.defended_adversarial.append(_predict(classifier, defended_adv))
+        result.defended_adversarial.append(
+            _predict_defended(classifier, defense, outcome.adversarial, defended_adv, generator))
         result.l2.append(l2.cpu())
         result.linf.append(linf.cpu())
         result.psnr.append(psnr(images, defended).cpu())
