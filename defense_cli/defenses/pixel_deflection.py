@@ -64,7 +64,7 @@ def _resolve_collisions(target: torch.Tensor, source: torch.Tensor,
     a run whose last element decides; returns (target, source) in that sorted order."""
     k = target.shape[-1]
     draw = torch.arange(k, device=target.device).expand_as(target)
-    order = (target * (2 * k) + torch.where(active, draw + k, draw)).argsort(dim=-1)
+    order = torch.sort(target * (2 * k) + torch.where(active, draw + k, draw), dim=-1).indices
     target, source, active = target.gather(-1, order), source.gather(-1, order), active.gather(-1, order)
     run_ends = torch.ones_like(active)
     run_ends[..., :-1] = target[..., 1:] != target[..., :-1]
