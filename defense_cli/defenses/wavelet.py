@@ -9,11 +9,14 @@ threshold sigma * sqrt(2 log N) are the variants of Table 4.8.
 The conventions are those of `skimage.restoration.denoise_wavelet(..., convert2ycbcr=True,
 wavelet="db1", rescale_sigma=True)`, which the authors used, so that the two agree to float
 precision: sigma is carried to each YCbCr channel as sqrt(sum_j M_ij^2) sigma (M = skimage's
-RGB -> YCbCr matrix), each YCbCr channel is min-max normalised to [0, 1] per image before
-thresholding (and sigma divided by its range), and the default number of levels is
+RGB -> YCbCr matrix) and the default number of levels is
 max(floor(log2(min(H, W))) - 3, 1) (2 for 32x32, 1 for 28x28). Odd sizes are extended by repeating
 the last row / column, which is pywt's `symmetric` mode for a length-2 filter. One difference:
 skimage leaves float output unclipped; a defense returns [0, 1], so the result is clamped.
+skimage also min-max normalises each YCbCr channel per image and divides sigma by its range; that is
+skipped here because it cancels: the detail coefficients ignore the offset, and the BayesShrink and
+VisuShrink thresholds and both shrinkages are scale-equivariant (shrink(a d, T(a d, a sigma)) =
+a shrink(d, T(d, sigma))), so thresholding the raw YCbCr channel with the raw sigma is the same.
 
 db1 is the Haar wavelet, so the transform here is the orthonormal 2x2 Haar butterfly, batched over
 images and channels in torch (CPU or CUDA) instead of a per-image PyWavelets loop.
@@ -120,18 +123,12 @@ def _ycbcr_matrix(like: torch.Tensor) -> torch.Tensor:
 
 
 def _denoise_ycbcr(images: torch.Tensor, sigma: float, method: str, mode: str, levels: int | None) -> torch.Tensor:
-    """skimage's convert2ycbcr branch: per image and YCbCr channel, normalise to [0, 1], denoise, undo."""
+    """skimage's convert2ycbcr branch: RGB -> YCbCr, threshold each channel with its own sigma, back."""
     matrix = _ycbcr_matrix(images)
-    ycbcr = torch.matmul(matrix, images.flatten(2)).view_as(images)
-    channel_sigma = sigma * matrix.square().sum(1).sqrt()
-    low = ycbcr.amin(dim=(2, 3), keepdim=True)
-    spread = ycbcr.amax(dim=(2, 3), keepdim=True) - low
-    spread = torch.where(spread > 0, spread, torch.ones_like(spread))
-    normalised = (ycbcr - low) / spread
-    plane_sigma = channel_sigma.view(1, 3) / spread.view(-1, 3)
-    denoised = denoise_planes(normalised.flatten(0, 1), plane_sigma.flatten(), method, mode, levels)
-    ycbcr = denoised.view_as(ycbcr) * spread + low
-    return torch.matmul(torch.linalg.inv(matrix), ycbcr.flatten(2)).view_as(images)
+    ycbcr = torch.matmul(matrix, images.flatten(2))
+    channel_sigma = (sigma * matrix.square().sum(1).sqrt()).repeat(images.shape[0])
+    denoised = denoise_planes(ycbcr.view(-1, *images.shape[-2:]), channel_sigma, method, mode, levels)
+    return torch.matmul(torch.linalg.inv(matrix), denoised.reshape(ycbcr.shape)).view_as(images)
 
 
 def wavelet_denoise(images: torch.Tensor, sigma: float = 0.04, method: str = "BayesShrink", mode: str = "soft",
@@ -143,7 +140,7 @@ def wavelet_denoise(images: torch.Tensor, sigma: float = 0.04, method: str = "Ba
     else:
         planes = images.flatten(0, 1)
         noise = torch.full((planes.shape[0],), sigma, dtype=images.dtype, device=images.device)
-        out = denoise_planes(planes, noise, method, mode, levels).view_as(images)
+        out = denoise_planes(planes, noise, method, mode, levels).reshape(images.shape)
     return out.clamp_(0, 1)
 
 
