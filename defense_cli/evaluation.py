@@ -46,10 +46,22 @@ def _predict(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return classifier(images).argmax(1).cpu()
 
 
+def _predict_defended(classifier: nn.Module, defense: Defense, images: torch.Tensor, defended: torch.Tensor,
+                      generator: torch.Generator) -> torch.Tensor:
+    """Prediction on `defended`, or the majority vote over `defense.votes` fresh runs (Ens-10)."""
+    votes = getattr(defense, "votes", 1)
+    if votes > 1:
+        from defense_cli.defenses.ensemble import majority_vote
+
+        return majority_vote(classifier, defense, images, votes, generator).cpu()
+    return _predict(classifier, defended)
+
+
 def _draw_predictions(classifier: nn.Module, defense: Defense, adversarial: torch.Tensor, first: torch.Tensor,
                       n_draws: int, generator: torch.Generator) -> torch.Tensor:
     """Predictions on `n_draws` independent defenses of `adversarial` (the first one given)."""
-    extra = [_predict(classifier, defense(adversarial, generator)) for _ in range(n_draws - 1)]
+    extra = [_predict_defended(classifier, defense, adversarial, defense(adversarial, generator), generator)
+             for _ in range(n_draws - 1)]
     return torch.stack([first, *extra])
 
 
@@ -80,9 +92,10 @@ def evaluate(classifier: nn.Module, defense: Defense, attack: Attack, target: nn
         l2, linf = perturbation_norms(images, outcome.adversarial)
         result.labels.append(labels.cpu())
         result.clean.append(_predict(classifier, images))
-        result.defended_clean.append(_predict(classifier, defended))
+        result.defended_clean.append(_predict_defended(classifier, defense, images, defended, generator))
         result.adversarial.append(_predict(classifier, outcome.adversarial))
-        result.defended_adversarial.append(_predict(classifier, defended_adv))
+        result.defended_adversarial.append(
+            _predict_defended(classifier, defense, outcome.adversarial, defended_adv, generator))
         if defense.randomized and n_draws > 1:
             result.draws.append(_draw_predictions(classifier, defense, outcome.adversarial,
                                                   result.defended_adversarial[-1], n_draws, generator))
