@@ -16,7 +16,7 @@ import tempfile
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -112,11 +112,16 @@ class RunLog:
             self.client.log_batch(self.run_id, params=items[start : start + BATCH_SIZE])
 
     def metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        self.series({name: [value] for name, value in metrics.items()}, first_step=step)
+
+    def series(self, series: Mapping[str, Sequence[float]], first_step: int = 1) -> None:
+        """Per-step metrics: value i of each series is logged at step first_step + i."""
         from mlflow.entities import Metric
         import time
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        items = [Metric(name, float(v), now, first_step + i) for name, values in series.items()
+                 for i, v in enumerate(values)]
         for start in range(0, len(items), BATCH_SIZE):
             self.client.log_batch(self.run_id, metrics=items[start : start + BATCH_SIZE])
 

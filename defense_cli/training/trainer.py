@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,14 +14,21 @@ from tqdm.auto import tqdm
 
 from defense_cli.data import ImageSet
 from defense_cli.training.augment import random_crop_flip
+from defense_cli.training.hooks import TrainingHooks
+from defense_cli.training.repr import scheme_hooks
 
 
 @dataclass
 class TrainingLog:
-    """Loss and accuracy on the training set, per epoch."""
+    """Loss and accuracy on the training set, per epoch, and the hooks' per-epoch metrics."""
 
     losses: list[float]
     accuracies: list[float]
+    extra: dict[str, list[float]] = field(default_factory=dict)
+
+    def per_epoch(self) -> dict[str, list[float]]:
+        """Every per-epoch series by name: train_loss, train_accuracy and the extra ones."""
+        return {"train_loss": self.losses, "train_accuracy": self.accuracies, **self.extra}
 
 
 def make_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
@@ -41,8 +49,12 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: DictConfig, steps_per_e
 
 
 def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: torch.device,
-                     desc: str = "train") -> TrainingLog:
-    """Train `model` in place with cross-entropy for `cfg.epochs` epochs; returns the epoch log."""
+                     desc: str = "train", hooks: Sequence[TrainingHooks] = ()) -> TrainingLog:
+    """Train `model` in place with cross-entropy for `cfg.epochs` epochs; returns the epoch log.
+
+    `train.scheme` adds its hooks (RePr) before `hooks` (e.g. an EpochMonitor).
+    """
+    hooks = [*scheme_hooks(cfg, data, device), *hooks]
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
@@ -51,6 +63,8 @@ def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: 
     model.to(device)
     for epoch in range(cfg.epochs):
         model.train()
+        for hook in hooks:
+            hook.start_epoch(epoch, model, optimizer)
         loss_sum, correct = 0.0, 0
         bar = tqdm(data.batches(cfg.batch_size, shuffle=True, generator=generator, device=device),
                    total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
@@ -62,12 +76,17 @@ def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            for hook in hooks:
+                hook.after_step(model, optimizer)
             schedule.step()
             loss_sum += loss.item() * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         log.losses.append(loss_sum / len(data))
         log.accuracies.append(correct / len(data))
+        for hook in hooks:
+            for name, value in hook.end_epoch(epoch, model).items():
+                log.extra.setdefault(name, []).append(value)
     model.eval()
     return log
 
