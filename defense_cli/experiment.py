@@ -113,6 +113,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
         metrics = {**summarize(ev), "train_seconds": trained.seconds,
                    "classifier_train_accuracy": trained.train_accuracy}
         run.metrics(metrics)
+        run.series({f"epoch_{name}": values for name, values in trained.history.items()})
         run.tags({"attack_strength": attack.describe(), "classifier_cache_hit": str(trained.cache_hit),
                   "classifier_key": trained.key})
         run.json(metrics, "metrics.json")

@@ -17,7 +17,7 @@ from defense_cli.training.hooks import TrainingHooks
 
 
 class EpochMonitor(TrainingHooks):
-    """Records `test_accuracy` (from `evaluate(model)`) and `ortho_sum` (when the model has convs)."""
+    """Records `test_accuracy` (from `evaluate(model)`) and `ortho_sum` (when the model has dense convs)."""
 
     def __init__(self, evaluate: Callable[[nn.Module], float] | None = None) -> None:
         self.evaluate = evaluate
@@ -26,6 +26,6 @@ class EpochMonitor(TrainingHooks):
         metrics = {}
         if self.evaluate is not None:
             metrics["test_accuracy"] = self.evaluate(model)
-        if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        if any(isinstance(m, nn.Conv2d) and m.groups == 1 for m in model.modules()):
             metrics["ortho_sum"] = ortho_sum(conv_units(model))
         return metrics
