@@ -114,3 +114,11 @@ def test_standard_scheme_adds_no_repr_hooks():
     cfg.scheme = "standard"
     log = train_classifier(model, tiny_data(), cfg, torch.device("cpu"), hooks=[EpochMonitor()])
     assert set(log.extra) == {"ortho_sum"}
+
+
+@pytest.mark.parametrize("train", ["default", "repr"])
+def test_repr_experiment_config_composes_for_both_schemes(train):
+    cfg = compose(["experiment=repr_mnist5k", f"train={train}"])
+    validate(cfg)
+    assert cfg.model.name == "convnet" and cfg.train.epochs == 50
+    assert cfg.train.scheme == ("repr" if train == "repr" else "standard")
