@@ -122,3 +122,10 @@ def test_repr_experiment_config_composes_for_both_schemes(train):
     validate(cfg)
     assert cfg.model.name == "convnet" and cfg.train.epochs == 50
     assert cfg.train.scheme == ("repr" if train == "repr" else "standard")
+
+
+def test_repr_on_a_model_without_conv_layers_fails_before_training():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    with pytest.raises(ValueError, match="no conv layer"):
+        train_classifier(model, tiny_data(), repr_cfg(), torch.device("cpu"))
+    assert model[1].weight.grad is None  # not a single step was taken

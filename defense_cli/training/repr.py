@@ -98,6 +98,7 @@ class RePrHooks(TrainingHooks):
         self.dropped: list[torch.Tensor] = []
 
     def start_epoch(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.units = self.units or conv_units(model)  # a model without conv layers fails at epoch 0
         if self.settings.reinitializes_at(epoch):
             self.reinitialize(optimizer)
         if self.settings.drops_at(epoch):
@@ -113,7 +114,6 @@ class RePrHooks(TrainingHooks):
 
     def drop(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Rank every filter (Algorithm 3, lines 5-6) and zero the chosen ones."""
-        self.units = conv_units(model)
         scores = self.rank(model)
         self.dropped = [f.to(unit.conv.weight.device) for unit, f in
                         zip(self.units, select_dropped(scores, self.settings.p))]
