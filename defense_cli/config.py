@@ -112,6 +112,14 @@ _RULES: dict[str, tuple[Rule, str]] = {
     "train.optimizer": (_one_of("sgd", "adam"), "one of sgd, adam"),
     "train.schedule": (_one_of("cosine", "step", "constant"), "one of cosine, step, constant"),
     "train.step_size": (_positive_int, "an integer >= 1"),
+    "train.scheme": (_one_of("standard", "repr"), "one of standard, repr"),
+    "train.repr.s1": (_positive_int, "an integer >= 1 (epochs of full-network training per cycle)"),
+    "train.repr.s2": (_positive_int, "an integer >= 1 (epochs of sub-network training per cycle)"),
+    "train.repr.n": (_positive_int, "an integer >= 1 (RePr cycles)"),
+    "train.repr.p": (lambda v: _number(v) and 0 < v < 1, "a fraction in (0, 1), e.g. 0.3 for 30 %"),
+    "train.repr.metric": (_one_of("ortho", "weight_norm", "random", "oracle"),
+                          "one of ortho, weight_norm, random, oracle"),
+    "train.repr.oracle_samples": (_positive_int, "an integer >= 1"),
     "attack.eps": (lambda v: v is None or _nonneg(v),
                    "a number >= 0 (pixel scale, e.g. 0.0313 for 8/255), or null (unbounded) for "
                    "minimisation and decision-based attacks"),
@@ -154,6 +162,13 @@ def _validate_options(cfg: DictConfig) -> None:
     for key, name in models.items():
         if name is not None and name not in list_architectures():
             raise ConfigError(f"{key}={name!r} is unknown; allowed: {', '.join(list_architectures())}.")
+    if cfg.train.get("scheme", "standard") == "repr":
+        from defense_cli.training.repr import RePrSettings
+
+        try:
+            RePrSettings.from_config(cfg.train)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(str(err)) from err
     allowed = group_options("defense")
     for key in ("preprocess", "adversarial_defense"):
         value = cfg.train.get(key, "none")

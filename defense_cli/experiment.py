@@ -140,6 +140,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
         metrics = {**summarize(ev), "train_seconds": trained.seconds,
                    "classifier_train_accuracy": trained.train_accuracy}
         run.metrics(metrics)
+        run.series({f"epoch_{name}": values for name, values in trained.history.items()})
         for draw, accuracy in enumerate(per_draw_accuracies(ev)):
             run.metrics({"robust_accuracy_draw": accuracy}, step=draw)
 
@@ -217,6 +218,7 @@ def train_only(cfg: DictConfig) -> dict[str, float]:
                    "classifier_train_accuracy": trained.train_accuracy,
                    "train_seconds": time.perf_counter() - start, "n_images": float(len(p.splits.test))}
         run.metrics(metrics)
+        run.series({f"epoch_{name}": values for name, values in trained.history.items()})
         run.tags({"classifier_cache_hit": str(trained.cache_hit), "classifier_key": trained.key,
                   "classifier_path": str(trained.path)})
     context = {"data": cfg.dataset.name, "model": cfg.model.name, "cache": str(trained.path),

@@ -16,7 +16,7 @@ import tempfile
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -75,9 +75,20 @@ class Tracker:
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        existing = self.client.get_experiment_by_name(experiment_name)
-        self.experiment_id = (existing.experiment_id if existing is not None
-                              else self.client.create_experiment(experiment_name, artifact_root(uri)))
+        self.experiment_id = self._experiment_id(experiment_name)
+
+    def _experiment_id(self, name: str) -> str:
+        """The experiment's id, creating it; a sweep's parallel jobs may race to create it."""
+        existing = self.client.get_experiment_by_name(name)
+        if existing is not None:
+            return existing.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_root(self.uri))
+        except Exception:
+            existing = self.client.get_experiment_by_name(name)
+            if existing is None:
+                raise
+            return existing.experiment_id
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Tracker:
@@ -127,21 +138,16 @@ class RunLog:
             self.client.log_batch(self.run_id, params=items[start : start + BATCH_SIZE])
 
     def metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        self.series({name: [value] for name, value in metrics.items()}, first_step=step)
+
+    def series(self, series: Mapping[str, Sequence[float]], first_step: int = 1) -> None:
+        """Per-step metrics: value i of each series is logged at step first_step + i."""
         from mlflow.entities import Metric
         import time
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for start in range(0, len(items), BATCH_SIZE):
-            self.client.log_batch(self.run_id, metrics=items[start : start + BATCH_SIZE])
-
-    def series(self, key: str, values: list[float]) -> None:
-        """One metric over steps 0, 1, 2, ... (e.g. a solver's residual per iteration)."""
-        from mlflow.entities import Metric
-        import time
-
-        now = int(time.time() * 1000)
-        items = [Metric(key, float(v), now, step) for step, v in enumerate(values)]
+        items = [Metric(name, float(v), now, first_step + i) for name, values in series.items()
+                 for i, v in enumerate(values)]
         for start in range(0, len(items), BATCH_SIZE):
             self.client.log_batch(self.run_id, metrics=items[start : start + BATCH_SIZE])
 

@@ -141,7 +141,7 @@ def _log(run: RunLog, reports: list[LayerReport], metrics: dict[str, float]) -> 
                      f"layer.{r.name}.linear_error": r.linear_error,
                      f"layer.{r.name}.nonlinear_error": r.nonlinear_error})
         if r.residuals:
-            run.series(f"solver_residual.{r.name}", r.residuals)
+            run.series({f"solver_residual.{r.name}": r.residuals}, first_step=0)
     run.json({"layers": [{**asdict(r), "remain_ratio": r.remain_ratio} for r in reports]}, "layers.json")
     with tempfile.TemporaryDirectory() as tmp:
         for plot in (error_plot, macs_plot, residual_plot):

@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from defense_cli.errors import ConfigError
-from defense_cli.models import architectures
+from defense_cli.models import architectures, vanilla
 from defense_cli.models.classifier import Classifier
 
 BackboneFactory = Callable[..., nn.Module]
@@ -27,6 +27,7 @@ _ARCHITECTURES: dict[str, BackboneFactory] = {
     "resnet18": architectures.resnet18,
     "vgg16_bn": architectures.vgg16_bn,
     "compressed": _compressed_backbone,
+    "convnet": vanilla.convnet,
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from defense_cli.defenses import DefenseContext
 from defense_cli.training.adversarial import adversarial_batches, adversarial_key_part
 from defense_cli.training.cache import cache_key, cached
 from defense_cli.training.defended_data import defended_training_set
+from defense_cli.training.monitor import EpochMonitor
 from defense_cli.training.trainer import TrainingLog, predict, train_classifier
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class TrainedClassifier:
     cache_hit: bool
     seconds: float
     train_accuracy: float
+    history: dict[str, list[float]] = field(default_factory=dict)  # per-epoch series, when trained here
 
 
 def classifier_key(dataset_cfg: DictConfig, model_cfg: DictConfig, train_cfg: DictConfig,
@@ -80,17 +82,18 @@ def obtain_classifier(
         else:
             transform = adversarial_batches(train_cfg, DefenseContext(train_set=splits.train, cache_dir=cache_dir,
                                                                       device=device, seed=train_cfg.seed))
+            monitor = EpochMonitor(lambda m: test_accuracy(m, splits.test, device))
             history = train_classifier(fresh, data, train_cfg, device, desc=f"train {model_cfg.name}",
-                                       batch_transform=transform)
+                                       batch_transform=transform, hooks=[monitor])
         return {"state_dict": {k: v.cpu() for k, v in fresh.state_dict().items()},
                 "train_accuracy": history.accuracies[-1] if history.accuracies else float("nan"),
-                "losses": history.losses}
+                "losses": history.losses, "history": history.per_epoch()}
 
     payload, hit = cached(path, key, build)
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()
     return TrainedClassifier(model, key, path, hit, time.perf_counter() - start,
-                             float(payload["train_accuracy"]))
+                             float(payload["train_accuracy"]), payload.get("history", {}))
 
 
 def test_accuracy(model: Classifier, data: ImageSet, device: torch.device, batch_size: int = 512) -> float:

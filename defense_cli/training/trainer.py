@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,14 +14,21 @@ from tqdm.auto import tqdm
 
 from defense_cli.data import ImageSet
 from defense_cli.training.augment import random_crop_flip
+from defense_cli.training.hooks import TrainingHooks
+from defense_cli.training.repr import scheme_hooks
 
 
 @dataclass
 class TrainingLog:
-    """Loss and accuracy on the training set, per epoch."""
+    """Loss and accuracy on the training set, per epoch, and the hooks' per-epoch metrics."""
 
     losses: list[float]
     accuracies: list[float]
+    extra: dict[str, list[float]] = field(default_factory=dict)
+
+    def per_epoch(self) -> dict[str, list[float]]:
+        """Every per-epoch series by name: train_loss, train_accuracy and the extra ones."""
+        return {"train_loss": self.losses, "train_accuracy": self.accuracies, **self.extra}
 
 
 def make_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
@@ -46,11 +53,14 @@ BatchTransform = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: torch.device,
-                     desc: str = "train", batch_transform: BatchTransform | None = None) -> TrainingLog:
+                     desc: str = "train", batch_transform: BatchTransform | None = None,
+                     hooks: Sequence[TrainingHooks] = ()) -> TrainingLog:
     """Train `model` in place with cross-entropy for `cfg.epochs` epochs; returns the epoch log.
 
-    `batch_transform`, when given, replaces each (augmented) batch before the update.
+    `batch_transform`, when given, replaces each (augmented) batch before the update (adversarial
+    training). `train.scheme` adds its hooks (RePr) before `hooks` (e.g. an EpochMonitor).
     """
+    hooks = [*scheme_hooks(cfg, data, device), *hooks]
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
@@ -59,6 +69,8 @@ def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: 
     model.to(device)
     for epoch in range(cfg.epochs):
         model.train()
+        for hook in hooks:
+            hook.start_epoch(epoch, model, optimizer)
         loss_sum, correct = 0.0, 0
         bar = tqdm(data.batches(cfg.batch_size, shuffle=True, generator=generator, device=device),
                    total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
@@ -72,12 +84,17 @@ def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            for hook in hooks:
+                hook.after_step(model, optimizer)
             schedule.step()
             loss_sum += loss.item() * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         log.losses.append(loss_sum / len(data))
         log.accuracies.append(correct / len(data))
+        for hook in hooks:
+            for name, value in hook.end_epoch(epoch, model).items():
+                log.extra.setdefault(name, []).append(value)
     model.eval()
     return log
 
