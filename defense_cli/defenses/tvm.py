@@ -21,7 +21,7 @@ import math
 import torch
 
 from defense_cli.defenses.base import Defense
-from defense_cli.defenses.tv import operator_l, operator_lt, project_dual, total_variation
+from defense_cli.defenses.tv import operator_l, operator_lt, project_dual_, total_variation
 
 #: ||L||^2 <= 8 for the discrete gradient (Beck and Teboulle, Lemma 4.2); tau * sigma * 8 = 1.
 GRADIENT_NORM_SQUARED = 8.0
@@ -38,15 +38,14 @@ def tv_inpaint(images: torch.Tensor, keep: torch.Tensor, weight: float, iteratio
     sigma = 1.0 / (step_ratio * math.sqrt(GRADIENT_NORM_SQUARED))
     fit = 2.0 * tau * keep.to(images.dtype)
     fitted_target = fit * images
-    denominator = 1.0 + fit
+    inverse_denominator = 1.0 / (1.0 + fit)
     z = images.clone()
     z_bar = z
-    p = torch.zeros_like(images)
-    q = torch.zeros_like(images)
+    dual = images.new_zeros((2,) + images.shape)
+    differences = images.new_zeros((2,) + images.shape)
     for _ in range(iterations):
-        dp, dq = operator_lt(z_bar)
-        p, q = project_dual(p.sub_(dp, alpha=sigma), q.sub_(dq, alpha=sigma), weight, isotropic)
-        z_next = (z + tau * operator_l(p, q)).add_(fitted_target).div_(denominator).clamp_(0.0, 1.0)
+        project_dual_(dual.sub_(operator_lt(z_bar, differences), alpha=sigma), weight, isotropic)
+        z_next = torch.add(z, operator_l(dual), alpha=tau).add_(fitted_target).mul_(inverse_denominator).clamp_(0, 1)
         z_bar = torch.lerp(z, z_next, 2.0)
         z = z_next
     return z
