@@ -52,7 +52,7 @@ def project_dual_(pq: torch.Tensor, bound: float, isotropic: bool) -> torch.Tens
     onto [-bound, bound] (Beck and Teboulle, section 4, the set P and its projection P_P).
     """
     if isotropic:
-        return pq.div_(torch.linalg.vector_norm(pq, dim=0).div_(bound).clamp_(min=1.0))
+        return pq.div_(torch.hypot(pq[0], pq[1]).div_(bound).clamp_(min=1.0))
     return pq.clamp_(-bound, bound)
 
 
@@ -60,7 +60,7 @@ def total_variation(x: torch.Tensor, isotropic: bool = True) -> torch.Tensor:
     """TV(x) summed over the last two dimensions (Beck-Teboulle's TV_I or TV_l1); shape x.shape[:-2]."""
     pq = operator_lt(x)
     if isotropic:
-        return torch.linalg.vector_norm(pq, dim=0).sum(dim=(-2, -1))
+        return torch.hypot(pq[0], pq[1]).sum(dim=(-2, -1))
     return pq.abs().sum(dim=(0, -2, -1))
 
 
