@@ -64,3 +64,11 @@ def test_rlkc_params_reject_bad_values():
         RLKCParams(inner_iterations=0)
     with pytest.raises(ValueError, match="lower"):
         RLKCParams(lower=1.0, upper=0.0)
+
+
+def test_the_svd_restores_the_thread_count():
+    before = torch.get_num_threads()
+    singular_value_threshold(torch.rand(4, 8, 8), 0.1)
+    with pytest.raises(FloatingPointError):
+        checked_svd(torch.full((1, 4, 4), float("nan")))
+    assert torch.get_num_threads() == before
