@@ -5,7 +5,8 @@ import torch
 
 from defense_cli.data import ImageSet
 from defense_cli.defenses import DefenseContext
-from defense_cli.defenses.quilting import Quilting, nearest_random_choice, random_patches
+from defense_cli.defenses.fitted import random_patches
+from defense_cli.defenses.quilting import Quilting, nearest_random_choice
 
 
 def _train_set(n=40, channels=3, size=12, seed=0):

@@ -39,3 +39,15 @@ def fit_once(context: DefenseContext, kind: str, images: torch.Tensor, parameter
     key = cache_key({"kind": kind, "data": content_hash(images), "seed": context.seed, **parameters})
     payload, _ = cached(context.cache_dir / "defenses" / f"{kind}-{key}.pt", key, fit)
     return payload
+
+
+def random_patches(images: torch.Tensor, patch_size: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` patches (count, C, p, p) cut at uniformly random positions of random images."""
+    n, channels, height, width = images.shape
+    which = torch.randint(n, (count,), generator=generator)
+    top = torch.randint(height - patch_size + 1, (count,), generator=generator)
+    left = torch.randint(width - patch_size + 1, (count,), generator=generator)
+    offsets = torch.arange(patch_size)
+    rows = (top[:, None] + offsets)[:, :, None].expand(count, patch_size, patch_size)
+    cols = (left[:, None] + offsets)[:, None, :].expand(count, patch_size, patch_size)
+    return images[which[:, None, None], :, rows, cols].permute(0, 3, 1, 2).contiguous()

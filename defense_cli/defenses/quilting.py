@@ -24,21 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from defense_cli.defenses.base import Defense, DefenseContext
-from defense_cli.defenses.fitted import fit_once, training_images
+from defense_cli.defenses.fitted import fit_once, random_patches, training_images
 
 QUERY_CHUNK = 2048  # tiles searched per distance matrix (bounds memory: chunk x database floats)
-
-
-def random_patches(images: torch.Tensor, patch_size: int, count: int, generator: torch.Generator) -> torch.Tensor:
-    """`count` patches (count, C, p, p) cut at uniformly random positions of random images."""
-    n, channels, height, width = images.shape
-    which = torch.randint(n, (count,), generator=generator)
-    top = torch.randint(height - patch_size + 1, (count,), generator=generator)
-    left = torch.randint(width - patch_size + 1, (count,), generator=generator)
-    offsets = torch.arange(patch_size)
-    rows = (top[:, None] + offsets)[:, :, None].expand(count, patch_size, patch_size)
-    cols = (left[:, None] + offsets)[:, None, :].expand(count, patch_size, patch_size)
-    return images[which[:, None, None], :, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
 def tile_grid(size: int, patch_size: int, stride: int) -> int:
