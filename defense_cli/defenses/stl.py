@@ -52,7 +52,7 @@ class STL(Defense):
     def __init__(self, filters: int = 64, filter_size: int = 8, lmbda: float = 0.2, rho: float | None = None,
                  iterations: int = 50, lowpass: float | None = 5.0, clusters: int = 1, neighbors: int = 10,
                  latent_dim: int = 64, dae_noise: float = 0.1, dae_epochs: int = 10, train_images: int = 1000,
-                 learn_patches: int = 512, learn_patch_size: int = 24, learning_iterations: int = 8,
+                 learn_patches: int = 256, learn_patch_size: int = 24, learning_iterations: int = 6,
                  learning_coding_iterations: int = 15, filter_steps: int = 10) -> None:
         for name, value in (("filters", filters), ("filter_size", filter_size), ("iterations", iterations),
                             ("clusters", clusters), ("neighbors", neighbors), ("latent_dim", latent_dim),
