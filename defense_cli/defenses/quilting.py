@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from defense_cli.defenses.base import Defense, DefenseContext
 from defense_cli.defenses.fitted import fit_once, random_patches, training_images
 
-QUERY_CHUNK = 2048  # tiles searched per distance matrix (bounds memory: chunk x database floats)
+QUERY_CHUNK = 512  # tiles searched per distance matrix (bounds memory: chunk x database floats)
 
 
 def tile_grid(size: int, patch_size: int, stride: int) -> int:

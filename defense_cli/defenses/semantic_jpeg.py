@@ -170,8 +170,8 @@ class SemanticJPEG(Defense):
         if classifier is None:
             raise ValueError("semantic_jpeg needs the classifier's class activation maps: context.classifier is None")
         if not classifier.supports_cam:
-            raise ValueError(f"semantic_jpeg needs a model with CAM features (`features` + linear `head`); "
-                             f"model {type(classifier.backbone).__name__} has none: use small_cnn, resnet18 or vgg16_bn")
+            raise ValueError(f"semantic_jpeg needs a model with CAM features (`features` + linear `head`); model "
+                             f"{type(classifier.backbone).__name__} has none: use small_cnn, resnet18 or vgg16_bn")
         self._classifier = classifier.eval()
 
     def saliency(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

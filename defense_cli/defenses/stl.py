@@ -37,6 +37,9 @@ from defense_cli.defenses.sparse_coding import (
 from defense_cli.defenses.stratify import DenoisingAutoencoder, kmeans, knn_vote, train_dae
 
 KMEANS_ITERATIONS = 50
+FITTING_PARAMETERS = ("filters", "filter_size", "lmbda", "rho", "lowpass", "clusters", "latent_dim", "dae_noise",
+                      "dae_epochs", "learn_patches", "learn_patch_size", "learning_iterations",
+                      "learning_coding_iterations", "filter_steps")
 
 
 def _positive_int(name: str, value: int, minimum: int = 1) -> None:
@@ -113,9 +116,7 @@ class STL(Defense):
     # ----- fitting -------------------------------------------------------------------------------
     def prepare(self, context: DefenseContext) -> None:
         images = training_images(context, self.train_images, "stl")
-        fitting = {k: getattr(self, k) for k in (
-            "filters", "filter_size", "lmbda", "rho", "lowpass", "clusters", "latent_dim", "dae_noise",
-            "dae_epochs", "learn_patches", "learn_patch_size", "learning_iterations", "learning_coding_iterations", "filter_steps")}
+        fitting = {k: getattr(self, k) for k in FITTING_PARAMETERS}
         payload = fit_once(context, "stl", images, fitting, lambda: self._fit(images, context))
         self.set_dictionaries(payload["dictionaries"].to(context.device))
         if self.clusters > 1:
