@@ -58,18 +58,26 @@ def spectral_dictionary(filters: torch.Tensor, size: tuple[int, int], rho: float
 
 
 def apply_dictionary(spectrum: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """D z per frequency: codes (N, K, H, Wf) -> (N, C, H, Wf)."""
-    return torch.einsum("nkhw,ckhw->nchw", codes, spectrum)
+    """D z per frequency: codes (N, K, H, Wf) -> (N, C, H, Wf).
+
+    A loop over the C (<= 3) channels of broadcast products: several times faster on the CPU than
+    `einsum` or a batched matmul, which both copy the operands into a frequency-major layout.
+    """
+    return torch.stack([(codes * channel).sum(1) for channel in spectrum], dim=1)
 
 
 def apply_adjoint(spectrum: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
-    """D^H s per frequency: signal (N, C, H, Wf) -> (N, K, H, Wf)."""
-    return torch.einsum("nchw,ckhw->nkhw", signal, spectrum.conj())
+    """D^H s per frequency: signal (N, C, H, Wf) -> (N, K, H, Wf), accumulated channel by channel."""
+    conjugate = spectrum.conj()
+    out = signal[:, 0, None] * conjugate[0]
+    for channel in range(1, len(conjugate)):
+        out.addcmul_(signal[:, channel, None], conjugate[channel])
+    return out
 
 
 def apply_woodbury(woodbury: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
-    """W s per frequency for signal (N, C, H, Wf)."""
-    return torch.einsum("cdhw,ndhw->nchw", woodbury, signal)
+    """W s per frequency for signal (N, C, H, Wf) (W is (C, C, H, Wf))."""
+    return torch.stack([(row * signal).sum(1) for row in woodbury], dim=1)
 
 
 def synthesize(dictionary: SpectralDictionary, codes: torch.Tensor) -> torch.Tensor:
