@@ -1,29 +1,13 @@
-"""Build an attack from its config: `_target_` names the class, the other keys are its arguments."""
+"""Build an attack from its config (`conf/attack/<name>.yaml`)."""
 
 from __future__ import annotations
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from defense_cli.attacks.base import Attack
-from defense_cli.errors import ConfigError
-
-NON_ARGUMENT_KEYS = ("name",)
+from defense_cli.instantiate import build_from_config
 
 
 def build_attack(cfg: DictConfig) -> Attack:
     """Instantiate the attack; a bad parameter raises ConfigError naming it."""
-    arguments = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
-                 if k not in NON_ARGUMENT_KEYS}
-    if "_target_" not in arguments:
-        raise ConfigError(f"attack {cfg.get('name')!r} has no _target_ in its config file")
-    try:
-        attack = instantiate(arguments, _convert_="all")
-    except Exception as err:
-        cause = err.__cause__ if err.__cause__ is not None else err
-        if isinstance(cause, (ValueError, TypeError)):
-            raise ConfigError(f"attack={cfg.get('name')}: {cause}") from err
-        raise
-    if not isinstance(attack, Attack):
-        raise ConfigError(f"attack {cfg.get('name')!r}: {arguments['_target_']} is not an Attack")
-    return attack
+    return build_from_config(cfg, "attack", Attack)

@@ -7,14 +7,12 @@ largest difference is printed beside the timings. Models are untrained: timing o
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch import nn
 
 from defense_cli.attacks.foolbox_attacks import PGD
+from defense_cli.bench.timing import timed_alternately
 from defense_cli.config import compose_group_option
 from defense_cli.models.registry import build_classifier
 
@@ -48,23 +46,6 @@ def torch_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps:
         grad, = torch.autograd.grad(loss, x)
         x = torch.min(torch.max(x.detach() + step_size * grad.sign(), images - eps), images + eps).clamp(0, 1)
     return x
-
-
-def timed_alternately(fns: list[Callable[[], torch.Tensor]], device: torch.device,
-                      repeats: int) -> list[tuple[torch.Tensor, float]]:
-    """Best wall time of each function over `repeats` rounds after one warm-up, the functions taking
-    turns within a round so that a change of machine load hits them alike; and their last outputs."""
-    results = [(fn(), float("inf")) for fn in fns]
-    for _ in range(repeats):
-        for index, fn in enumerate(fns):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            out = fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            results[index] = (out, min(results[index][1], time.perf_counter() - start))
-    return results
 
 
 def bench_model(name: str, n_images: int, steps: int, device: torch.device, repeats: int) -> AttackBenchRow:

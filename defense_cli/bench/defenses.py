@@ -3,16 +3,15 @@ with the simple per-image reference version (when one exists) timed on the same 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from omegaconf import OmegaConf
 
 from defense_cli.bench.cifar import cifar10_jpeg
 from defense_cli.bench.references import reference_generator, references
+from defense_cli.bench.timing import timed
 from defense_cli.config import compose_group_option, group_options
 from defense_cli.defenses import Defense, DefenseContext, build_defense
 from defense_cli.image_quality import mean_psnr, psnr, ssim
@@ -35,21 +34,6 @@ class DefenseBenchRow:
         if self.reference_images_per_second is None:
             return None
         return self.images_per_second / self.reference_images_per_second
-
-
-def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> tuple[torch.Tensor, float]:
-    """Best wall time of `repeats` calls after one warm-up, and the last output."""
-    out = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return out, best
 
 
 def bench_context(needs: set[str], cache_dir: Path, device: torch.device, splits) -> DefenseContext:
