@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from defense_cli.config import GROUPS, compose, group_options
 from defense_cli.errors import ConfigError
+from defense_cli.report import console as report_console
 
 app = typer.Typer(
     add_completion=False,
@@ -201,7 +202,6 @@ def bench_defenses_command(
 
     Example: defense-cli bench defenses -d jpeg -d splic --images 512
     """
-    from rich.console import Console
     from rich.table import Table
 
     from defense_cli.bench.defenses import bench_defenses
@@ -223,7 +223,7 @@ def bench_defenses_command(
                       "-" if row.speedup is None else f"{row.speedup:.1f}x",
                       "-" if row.max_abs_diff_to_reference is None else f"{row.max_abs_diff_to_reference:.2e}",
                       "-" if row.rmse_to_reference is None else f"{row.rmse_to_reference:.2e}")
-    console = Console()
+    console = report_console()
     console.print(table)
     console.print(f"machine: {describe_machine(dev)}")
 
@@ -242,7 +242,6 @@ def bench_attacks_command(
 
     Example: defense-cli bench attacks --images 128 --steps 10
     """
-    from rich.console import Console
     from rich.table import Table
 
     from defense_cli.bench.attacks import bench_attacks
@@ -259,7 +258,7 @@ def bench_attacks_command(
     for row in rows:
         table.add_row(row.model, "x".join(map(str, row.input_shape)), f"{row.foolbox_steps_per_second:,.2f}",
                       f"{row.loop_steps_per_second:,.2f}", f"{row.time_ratio:.2f}x", f"{row.max_abs_diff:.1e}")
-    console = Console()
+    console = report_console()
     console.print(table)
     console.print(f"machine: {describe_machine(dev)}")
 
@@ -277,7 +276,6 @@ def bench_compression_command(
 
     Example: defense-cli bench compression --repeats 20
     """
-    from rich.console import Console
     from rich.table import Table
 
     from defense_cli.bench.compression import bench_compression
@@ -295,7 +293,7 @@ def bench_compression_command(
         table.add_row(f"{row.rank:g}", f"{row.params:,}", f"{row.macs:.3e}", f"{row.flops_ratio:.2f}x",
                       f"{row.latency_ms:.2f}", f"{row.speedup:.2f}x",
                       "-" if row.thesis_speedup is None else f"{row.thesis_speedup:.2f}x")
-    console = Console()
+    console = report_console()
     console.print(table)
     console.print(f"machine: {describe_machine(dev)}")
 

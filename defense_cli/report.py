@@ -37,5 +37,11 @@ def results_table(title: str, metrics: Mapping[str, float], context: Mapping[str
     return table
 
 
+def console() -> Console:
+    """A console that does not cut tables to 80 columns when the output is a file or a pipe."""
+    out = Console()
+    return out if out.is_terminal else Console(width=160)
+
+
 def print_table(table: Table) -> None:
-    Console(stderr=False).print(table)
+    console().print(table)

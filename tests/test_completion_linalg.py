@@ -82,7 +82,7 @@ def test_failure_inside_splic_names_the_image_not_the_channel_matrix(monkeypatch
     monkeypatch.setattr(torch.linalg, "eigh", eigh)
     images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
     with pytest.raises(DecompositionError, match="batch index 1"):
-        SPLIC(max_iterations=7)(images, torch.Generator().manual_seed(0))
+        SPLIC(max_iterations=7, channel_mode="separate")(images, torch.Generator().manual_seed(0))
 
 
 def test_jitter_is_tiny_relative_to_the_matrix():

@@ -19,3 +19,14 @@ def test_reference_matches_defense_in_float64(option, tolerance):
     ours = defense(images, reference_generator(images.device))
     theirs = references()[option](images, defense)
     assert (ours - theirs).pow(2).mean().sqrt() < tolerance
+
+
+def test_splic_reference_matches_in_separate_channel_mode():
+    from omegaconf import OmegaConf
+
+    images = torch.rand(2, 3, 10, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cfg = OmegaConf.merge(compose_group_option("defense", "splic"), {"channel_mode": "separate"})
+    defense = build_defense(cfg)
+    ours = defense(images, reference_generator(images.device))
+    theirs = references()["splic"](images, defense)
+    assert (ours - theirs).pow(2).mean().sqrt() < 1e-8

@@ -9,6 +9,7 @@ run repeats under a seed and EOT can draw fresh samples. Defenses that need more
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,9 +88,9 @@ def check_images(images: torch.Tensor, name: str = "images") -> None:
         raise ValueError(f"{name} must be a float tensor in [0, 1], got dtype {images.dtype}")
     if images.numel() == 0:
         return
-    if torch.isnan(images).any():
+    low, high = (v.item() for v in torch.aminmax(images))   # one pass; NaN propagates into both
+    if math.isnan(low) or math.isnan(high):
         bad = torch.isnan(images).flatten(1).any(1).nonzero().flatten().tolist()
         raise ValueError(f"{name} contain NaN (images at batch index {bad[:10]})")
-    low, high = images.min().item(), images.max().item()
     if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
         raise ValueError(f"{name} must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]")

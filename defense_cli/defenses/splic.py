@@ -5,11 +5,14 @@ SPLIC: `000_1720f31fb7e6036a.txt` ch. 4 (section 4.3, eq. 4.3-4.10, Algorithm 4)
 ablation baseline of `001_...` section 3.9.5 / Table 4. The math lives in `smoothed_rank`.
 
 Choices where the papers are silent (all config values):
-- `channel_mode: separate`: Algorithm 4 is stated for one m x n matrix and the TV term (eq. 4.6)
-  for one pixel grid, so each RGB channel is completed as its own matrix (delta from its own
-  largest singular value); the anchor mask selects *pixels* (shared by the three channels), as in
-  "randomly select 50% of pixels as anchor points". `concat` (ME-Net style, 32 x 96) is available;
-  its TV term then stays inside each channel block.
+- `channel_mode: concat` (default): the three channels side by side as one 32 x 96 matrix, as
+  ME-Net does ("jointly by concatenating them into one matrix"), so the low-rank model also uses
+  the correlation between R, G and B; the TV term stays inside each channel block and the anchor
+  mask selects *pixels* (shared by the three channels), as in "randomly select 50% of pixels as
+  anchor points". Measured on 512 CIFAR-10 (JPEG copy) test images (2-core CPU): concat gives
+  PSNR 23.75 dB / SSIM 0.784 at 141 images/s, `separate` (each channel its own matrix, delta
+  from its own largest singular value, the literal reading of Algorithm 4 for one m x n matrix)
+  23.62 dB / 0.777 at 76 images/s.
 - `anchor_fraction: 0.5` exactly (a random permutation per image), not a Bernoulli draw.
 - `rank: 8` = R/4 for 32 x 32 images (`001_...` section 3.7); `maxiter: 56` = 8 rounds of the
   7 inner iterations (the papers give no number); `tolerance: 1e-6` (epsilon, in [0, 1] pixel
@@ -53,7 +56,7 @@ class SRF(Defense):
 
     def __init__(self, anchor_fraction: float = 0.5, rank: int = 8, step: float = 0.5, shrink: float = 0.45,
                  inner_iterations: int = 7, tolerance: float = 1e-6, max_iterations: int = 56,
-                 channel_mode: str = "separate", alternate: bool = True, srf_step: str = "delta2") -> None:
+                 channel_mode: str = "concat", alternate: bool = True, srf_step: str = "delta2") -> None:
         self.anchor_fraction = check_real("anchor_fraction", anchor_fraction, 0.0, 1.0, low_open=True, high_open=True)
         self.rank = check_int("rank", rank, 1)
         self.step = check_real("step", step, 0.0, float("inf"), low_open=True, high_open=True)
@@ -99,7 +102,7 @@ class SPLIC(SRF):
 
     def __init__(self, anchor_fraction: float = 0.5, rank: int = 8, step: float = 0.5, tv_weight: float = 0.02,
                  shrink: float = 0.45, inner_iterations: int = 7, tolerance: float = 1e-6, max_iterations: int = 56,
-                 channel_mode: str = "separate", alternate: bool = True, srf_step: str = "delta2",
+                 channel_mode: str = "concat", alternate: bool = True, srf_step: str = "delta2",
                  tv_gradient: str = "exact") -> None:
         super().__init__(anchor_fraction, rank, step, shrink, inner_iterations, tolerance, max_iterations,
                          channel_mode, alternate, srf_step)

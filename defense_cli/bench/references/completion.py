@@ -34,7 +34,8 @@ def _tv_gradient_reference(x: torch.Tensor, form: str) -> torch.Tensor:
     return grad
 
 
-def _splic_pass(observed: torch.Tensor, anchors: torch.Tensor, defense) -> torch.Tensor:
+def _splic_pass(observed: torch.Tensor, anchors: torch.Tensor, defense, blocks: int) -> torch.Tensor:
+    """Algorithm 4 on matrices made of `blocks` channel blocks side by side (TV inside each block)."""
     x = torch.where(anchors, observed, torch.zeros_like(observed))
     delta = torch.linalg.svdvals(x)[..., :1, None]
     frozen = torch.zeros(x.shape[:-2] + (1, 1), dtype=torch.bool, device=x.device)
@@ -50,7 +51,8 @@ def _splic_pass(observed: torch.Tensor, anchors: torch.Tensor, defense) -> torch
                 grad_f = grad_f * delta**2
             update = grad_f
             if tv_weight:
-                update = update + tv_weight * _tv_gradient_reference(x_r, defense.tv_gradient)
+                tv = [_tv_gradient_reference(block, defense.tv_gradient) for block in x_r.chunk(blocks, dim=-1)]
+                update = update + tv_weight * torch.cat(tv, dim=-1)
             new = torch.where(anchors, observed, x_r - defense.step * update)
             change = (new - x).flatten(-2).norm(dim=-1)[..., None, None] / (x.shape[-1] * x.shape[-2])
             x = torch.where(frozen, x, new)
@@ -66,11 +68,10 @@ def splic_straightforward(images: torch.Tensor, defense) -> torch.Tensor:
     anchors = defense.sample_anchors(images, reference_generator(images.device))
     matrices = to_matrices(images, defense.channel_mode)
     mask = to_matrices(anchors.expand_as(images), defense.channel_mode)
-    if defense.channel_mode == "concat" and getattr(defense, "tv_weight", 0.0):
-        raise ValueError("the SPLIC reference handles TV per channel only (channel_mode=separate)")
-    out = _splic_pass(matrices, mask, defense)
+    blocks = images.shape[1] if defense.channel_mode == "concat" else 1
+    out = _splic_pass(matrices, mask, defense, blocks)
     if defense.alternate:
-        out = _splic_pass(out, ~mask, defense)
+        out = _splic_pass(out, ~mask, defense, blocks)
     return to_images(out, defense.channel_mode, images.shape[1]).clamp(0, 1)
 
 
