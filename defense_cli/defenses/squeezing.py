@@ -100,3 +100,8 @@ class MedianSmoothing(Defense):
 
     def transform(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return median_filter(images, self.window)
+
+    def surrogate(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The median filter itself (out-of-place min/max and gathers): `threat_model.bpda=surrogate`
+        then gives its exact gradient, which flows to the pixel each window's median comes from."""
+        return median_filter(images, self.window)
