@@ -187,6 +187,27 @@ def _bench_setup(device: str, cache: Optional[str]):
     return dev, Path(cache) if cache else cache_dir(compose())
 
 
+def _print_bench(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]], device) -> None:
+    """A benchmark's figures as a right-aligned table, followed by the machine they were taken on."""
+    from rich.table import Table
+
+    from defense_cli.bench.machine import describe_machine
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console = report_console()
+    console.print(table)
+    console.print(f"machine: {describe_machine(device)}")
+
+
+def _or_dash(value: float | None, spec: str, suffix: str = "") -> str:
+    """`value` formatted with `spec` and `suffix`, or "-" when there is none."""
+    return "-" if value is None else format(value, spec) + suffix
+
+
 @bench_app.command("defenses")
 def bench_defenses_command(
     defense: Optional[list[str]] = typer.Option(None, "--defense", "-d", help="defense option(s); default: all"),
@@ -202,31 +223,21 @@ def bench_defenses_command(
 
     Example: defense-cli bench defenses -d jpeg -d splic --images 512
     """
-    from rich.table import Table
-
     from defense_cli.bench.defenses import bench_defenses
-    from defense_cli.bench.machine import describe_machine
 
     dev, cache_path = _bench_setup(device, cache)
     try:
         rows = bench_defenses(defense, images, dev, cache_path, repeats, reference, reference_images)
     except ConfigError as err:
         _fail(str(err))
-    table = Table(title=f"defenses on {images} CIFAR-10 (JPEG copy) test images, {dev}")
-    for column in ("defense", "images/s", "PSNR dB", "SSIM", "reference images/s", "speed-up", "max |diff| to ref",
-                   "RMSE to ref"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        ref = row.reference_images_per_second
-        table.add_row(row.name, f"{row.images_per_second:,.1f}", f"{row.psnr:.2f}", f"{row.ssim:.4f}",
-                      "-" if ref is None else f"{ref:,.1f}",
-                      "-" if row.speedup is None else f"{row.speedup:.1f}x",
-                      "-" if row.max_abs_diff_to_reference is None else f"{row.max_abs_diff_to_reference:.2e}",
-                      "-" if row.rmse_to_reference is None else f"{row.rmse_to_reference:.2e}")
-    console = report_console()
-    console.print(table)
-    console.print(f"machine: {describe_machine(dev)}")
-
+    _print_bench(
+        f"defenses on {images} CIFAR-10 (JPEG copy) test images, {dev}",
+        ("defense", "images/s", "PSNR dB", "SSIM", "reference images/s", "speed-up", "max |diff| to ref",
+         "RMSE to ref"),
+        [(row.name, f"{row.images_per_second:,.1f}", f"{row.psnr:.2f}", f"{row.ssim:.4f}",
+          _or_dash(row.reference_images_per_second, ",.1f"), _or_dash(row.speedup, ".1f", "x"),
+          _or_dash(row.max_abs_diff_to_reference, ".2e"), _or_dash(row.rmse_to_reference, ".2e")) for row in rows],
+        dev)
 
 
 @bench_app.command("attacks")
@@ -242,25 +253,19 @@ def bench_attacks_command(
 
     Example: defense-cli bench attacks --images 128 --steps 10
     """
-    from rich.table import Table
-
     from defense_cli.bench.attacks import bench_attacks
-    from defense_cli.bench.machine import describe_machine
 
     dev, _ = _bench_setup(device, None)
     try:
         rows = bench_attacks(model, images, steps, dev, repeats)
     except ValueError as err:
         _fail(str(err))
-    table = Table(title=f"Linf PGD, {images} images, {steps} steps, {dev}")
-    for column in ("model", "input", "foolbox steps/s", "torch loop steps/s", "time ratio", "max |diff|"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(row.model, "x".join(map(str, row.input_shape)), f"{row.foolbox_steps_per_second:,.2f}",
-                      f"{row.loop_steps_per_second:,.2f}", f"{row.time_ratio:.2f}x", f"{row.max_abs_diff:.1e}")
-    console = report_console()
-    console.print(table)
-    console.print(f"machine: {describe_machine(dev)}")
+    _print_bench(
+        f"Linf PGD, {images} images, {steps} steps, {dev}",
+        ("model", "input", "foolbox steps/s", "torch loop steps/s", "time ratio", "max |diff|"),
+        [(row.model, "x".join(map(str, row.input_shape)), f"{row.foolbox_steps_per_second:,.2f}",
+          f"{row.loop_steps_per_second:,.2f}", f"{row.time_ratio:.2f}x", f"{row.max_abs_diff:.1e}") for row in rows],
+        dev)
 
 
 @bench_app.command("compression")
@@ -276,26 +281,19 @@ def bench_compression_command(
 
     Example: defense-cli bench compression --repeats 20
     """
-    from rich.table import Table
-
     from defense_cli.bench.compression import bench_compression
-    from defense_cli.bench.machine import describe_machine
 
     ranks = rank or [1.0, 0.5, 0.25]
     if not all(0 < r <= 1 for r in ranks):
         _fail(f"--rank {ranks} is not allowed: every rank must be a ratio in (0, 1].")
     dev, _ = _bench_setup(device, None)
     rows = bench_compression(ranks, dev, batch_size, repeats, warmup)
-    table = Table(title=f"VGG16-BN (CIFAR-10 input), batch {batch_size}, {dev}, median of {repeats}")
-    for column in ("rank", "params", "MACs", "FLOPs ratio", "ms / image", "speed-up", "thesis speed-up"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(f"{row.rank:g}", f"{row.params:,}", f"{row.macs:.3e}", f"{row.flops_ratio:.2f}x",
-                      f"{row.latency_ms:.2f}", f"{row.speedup:.2f}x",
-                      "-" if row.thesis_speedup is None else f"{row.thesis_speedup:.2f}x")
-    console = report_console()
-    console.print(table)
-    console.print(f"machine: {describe_machine(dev)}")
+    _print_bench(
+        f"VGG16-BN (CIFAR-10 input), batch {batch_size}, {dev}, median of {repeats}",
+        ("rank", "params", "MACs", "FLOPs ratio", "ms / image", "speed-up", "thesis speed-up"),
+        [(f"{row.rank:g}", f"{row.params:,}", f"{row.macs:.3e}", f"{row.flops_ratio:.2f}x", f"{row.latency_ms:.2f}",
+          f"{row.speedup:.2f}x", _or_dash(row.thesis_speedup, ".2f", "x")) for row in rows],
+        dev)
 
 
 if __name__ == "__main__":
