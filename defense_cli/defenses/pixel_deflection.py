@@ -33,7 +33,7 @@ import torch
 from defense_cli.defenses.base import Defense, DefenseContext
 from defense_cli.defenses.jpeg import jpeg_roundtrip
 from defense_cli.defenses.rcam import check_cam_model, robust_activation_map
-from defense_cli.defenses.wavelet import check_wavelet_parameters, wavelet_denoise
+from defense_cli.defenses.wavelet import WaveletDenoising
 
 
 def scaled_parameters(deflections: int, window: int, height: int, width: int,
@@ -148,7 +148,6 @@ class PixelDeflection(Defense):
             _check_count("reference_size", reference_size, 1)
         _check_count("rcam_top_k", rcam_top_k, 1)
         _check_count("votes", votes, 1)
-        check_wavelet_parameters(sigma, threshold_method, threshold_mode, wavelet, levels)
         if jpeg_quality is not None and (isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int)
                                          or not 1 <= jpeg_quality <= 100):
             raise ValueError(f"jpeg_quality={jpeg_quality!r} must be null (no JPEG) or an integer in 1..100")
@@ -159,12 +158,7 @@ class PixelDeflection(Defense):
         self.rcam = bool(rcam)
         self.rcam_top_k = rcam_top_k
         self.denoise = bool(denoise)
-        self.sigma = float(sigma)
-        self.threshold_method = threshold_method
-        self.threshold_mode = threshold_mode
-        self.convert2ycbcr = bool(convert2ycbcr)
-        self.wavelet = wavelet
-        self.levels = levels
+        self.denoiser = WaveletDenoising(sigma, threshold_method, threshold_mode, convert2ycbcr, wavelet, levels)
         self.jpeg_quality = jpeg_quality
         self.votes = votes
         self.needs_classifier = self.rcam
@@ -187,8 +181,7 @@ class PixelDeflection(Defense):
         k, r = scaled_parameters(self.deflections, self.window, *images.shape[-2:], self.reference_size)
         out = deflect_pixels(images, k, r, generator, self.keep_probability(images), self.per_channel)
         if self.denoise:
-            out = wavelet_denoise(out, self.sigma, self.threshold_method, self.threshold_mode,
-                                  self.convert2ycbcr, self.levels)
+            out = self.denoiser.transform(out, generator)
         if self.jpeg_quality is not None:
             out = jpeg_roundtrip(out, self.jpeg_quality)
         return out

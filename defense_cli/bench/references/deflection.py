@@ -72,7 +72,7 @@ def _pixel_deflection(images: torch.Tensor, defense) -> torch.Tensor:
     def one(image: torch.Tensor) -> np.ndarray:
         keep = None if classifier is None else rcam_one(classifier, image.to(images.device), defense.rcam_top_k)
         out = deflect_one(image.numpy(), k, r, rng, keep, defense.per_channel)
-        return wavelet_one(out, defense) if defense.denoise else out
+        return wavelet_one(out, defense.denoiser) if defense.denoise else out
 
     return _per_image(images, one)
 
