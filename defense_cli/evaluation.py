@@ -46,22 +46,22 @@ def _predict(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return classifier(images).argmax(1).cpu()
 
 
-def _predict_defended(classifier: nn.Module, defense: Defense, images: torch.Tensor, defended: torch.Tensor,
-                      generator: torch.Generator) -> torch.Tensor:
-    """Prediction on `defended`, or the majority vote over `defense.votes` fresh runs (Ens-10)."""
+def _predict_defended(classifier: nn.Module, defense: Defense, images: torch.Tensor,
+                      defended: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+    """Prediction on `defended` (defended here when None), or the majority vote over
+    `defense.votes` fresh runs (Ens-10)."""
     votes = getattr(defense, "votes", 1)
     if votes > 1:
         from defense_cli.defenses.ensemble import majority_vote
 
         return majority_vote(classifier, defense, images, votes, generator).cpu()
-    return _predict(classifier, defended)
+    return _predict(classifier, defense(images, generator) if defended is None else defended)
 
 
 def _draw_predictions(classifier: nn.Module, defense: Defense, adversarial: torch.Tensor, first: torch.Tensor,
                       n_draws: int, generator: torch.Generator) -> torch.Tensor:
     """Predictions on `n_draws` independent defenses of `adversarial` (the first one given)."""
-    extra = [_predict_defended(classifier, defense, adversarial, defense(adversarial, generator), generator)
-             for _ in range(n_draws - 1)]
+    extra = [_predict_defended(classifier, defense, adversarial, None, generator) for _ in range(n_draws - 1)]
     return torch.stack([first, *extra])
 
 
