@@ -58,9 +58,10 @@ def setting_key(cfg: DictConfig) -> str:
 
 
 def run_tags(cfg: DictConfig, stage: str) -> dict[str, str]:
+    commit = git_commit()
     return {"dataset": cfg.dataset.name, "model": cfg.model.name, "defense": cfg.defense.name,
             "attack": cfg.attack.name, "threat_model": cfg.threat_model.name, "stage": stage,
-            "setting": setting_key(cfg), "git_commit": git_commit(), "mlflow.source.git.commit": git_commit()}
+            "setting": setting_key(cfg), "git_commit": commit, "mlflow.source.git.commit": commit}
 
 
 def white_box_settings(cfg: DictConfig) -> WhiteBoxSettings:
@@ -141,8 +142,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
                    "classifier_train_accuracy": trained.train_accuracy}
         run.metrics(metrics)
         run.series({f"epoch_{name}": values for name, values in trained.history.items()})
-        for draw, accuracy in enumerate(per_draw_accuracies(ev)):
-            run.metrics({"robust_accuracy_draw": accuracy}, step=draw)
+        run.series({"robust_accuracy_draw": per_draw_accuracies(ev)}, first_step=0)
 
         checks = _validity(cfg, p, trained.model, defense, attack, ev, metrics["robust_accuracy"], source_model)
         run.tags({"attack_strength": attack_strength(attack, cfg, defense),
