@@ -4,7 +4,7 @@ import torch
 
 from defense_cli.defenses.sparse_coding import (
     cbpdn, cbpdn_objective, code_statistics, learn_dictionary, normalise_filters, project_filters,
-    spectral_dictionary, synthesize, tikhonov_split, update_filters)
+    sparse_reconstruction, spectral_dictionary, synthesize, tikhonov_split, update_filters)
 
 SIZE = (24, 24)
 
@@ -108,3 +108,38 @@ def test_tikhonov_split_sums_to_the_image_and_smooths():
     assert torch.allclose(smooth + detail, images, atol=1e-6)
     assert smooth.diff(dim=-1).abs().mean() < 0.5 * images.diff(dim=-1).abs().mean()
     assert torch.allclose(smooth.mean(dim=(-2, -1)), images.mean(dim=(-2, -1)), atol=1e-5)
+
+
+def _textbook_admm(dictionary, signal, lmbda, iterations):
+    """Wohlberg's ADMM for CBPDN with the z-step solved densely per frequency (no Woodbury, no reuse)."""
+    d = dictionary.spectrum.permute(2, 3, 0, 1)                       # (H, Wf, C, K)
+    k = d.shape[-1]
+    system = d.conj().transpose(-1, -2) @ d + dictionary.rho * torch.eye(k, dtype=d.dtype)
+    data = d.conj().transpose(-1, -2) @ torch.fft.rfft2(signal).permute(2, 3, 1, 0)   # (H, Wf, K, N)
+    y = u = torch.zeros(len(signal), k, *dictionary.size)
+    for _ in range(iterations):
+        rhs = data + dictionary.rho * torch.fft.rfft2(y - u).permute(2, 3, 1, 0)
+        z = torch.fft.irfft2(torch.linalg.solve(system, rhs).permute(3, 2, 0, 1), s=dictionary.size)
+        y = torch.nn.functional.softshrink(z + u, lmbda / dictionary.rho)
+        u = u + z - y
+    return y
+
+
+def test_admm_matches_the_textbook_iteration():
+    filters = _filters(k=6)
+    dictionary = spectral_dictionary(filters, SIZE, 3.0)
+    signal = torch.rand(2, 3, *SIZE, generator=torch.Generator().manual_seed(4))
+    for iterations in (1, 7):
+        expected = _textbook_admm(dictionary, signal, 0.05, iterations)
+        assert torch.allclose(cbpdn(dictionary, signal, 0.05, iterations), expected, atol=1e-5)
+    assert cbpdn(dictionary, signal, 0.05, 0).abs().max() == 0
+
+
+def test_codes_do_not_depend_on_the_batch_they_are_solved_in():
+    dictionary = spectral_dictionary(_filters(), SIZE, 3.0)
+    signal = torch.rand(9, 3, *SIZE, generator=torch.Generator().manual_seed(5))  # chunks spread over threads
+    together = cbpdn(dictionary, signal, 0.05, 10)
+    alone = torch.cat([cbpdn(dictionary, one[None], 0.05, 10) for one in signal])
+    assert torch.allclose(together, alone, atol=1e-6)
+    reconstruction = sparse_reconstruction(dictionary, signal, 0.05, 10)
+    assert torch.allclose(reconstruction, synthesize(dictionary, together), atol=1e-6)

@@ -14,20 +14,14 @@ decomposition, retries a failing matrix alone in float64 with a tiny diagonal ji
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable, Iterator, TypeVar
 
 import torch
 
-T = TypeVar("T")
+from defense_cli.defenses.cpu_threads import map_over_threads
 
 #: Relative size of the diagonal jitter added to a Gram matrix whose decomposition failed.
 JITTER = 1e-7
-#: Smallest stack that `batched_eigh` splits over threads (smaller ones are not worth it).
-PARALLEL_MIN_MATRICES = 64
 
 
 class DecompositionError(RuntimeError):
@@ -43,41 +37,6 @@ def gram(matrices: torch.Tensor) -> torch.Tensor:
     if matrices.shape[-2] <= matrices.shape[-1]:
         return matrices @ matrices.mT
     return matrices.mT @ matrices
-
-
-@lru_cache(maxsize=4)
-def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eigh")
-
-
-@contextmanager
-def single_threaded_on_cpu(device: torch.device) -> Iterator[None]:
-    """Run the block with one intra-op torch thread on the CPU, then restore the thread count."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def map_over_threads(fn: Callable[[torch.Tensor], T], stack: torch.Tensor) -> list[T]:
-    """`fn` on chunks of a CPU stack of small matrices, one single-threaded chunk per torch thread.
-
-    LAPACK's batched eigh / SVD on CPU run the matrices one after another; letting MKL/OpenMP
-    thread inside each 32 x 32 problem instead is several times slower (measured here: 109 us
-    against 29 us per 32 x 32 eigh on 2 cores; up to 40x under load). Each matrix is decomposed
-    exactly as in one call, so results do not depend on the number of threads. The thread count
-    is process-wide: it is 1 while the chunks run and restored afterwards.
-    """
-    workers = torch.get_num_threads() if stack.device.type == "cpu" else 1
-    with single_threaded_on_cpu(stack.device):
-        if workers < 2 or len(stack) < PARALLEL_MIN_MATRICES:
-            return [fn(stack)]
-        return list(_thread_pool(workers).map(fn, stack.chunk(workers)))
 
 
 def batched_eigh(symmetric: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

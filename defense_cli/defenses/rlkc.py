@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from defense_cli.defenses.lowrank_linalg import map_over_threads
+from defense_cli.defenses.cpu_threads import map_over_threads
 from defense_cli.defenses.tv import fgp_denoise
 
 

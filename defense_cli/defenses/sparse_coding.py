@@ -27,8 +27,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from defense_cli.defenses.cpu_threads import map_in_cache_sized_chunks
 
 FFT_DIMS = (-2, -1)
+#: Images coded at a time on the CPU (their K maps stay in the cache; measured best of 1, 2, 4, 8).
+CPU_CODING_CHUNK = 2
 
 
 @dataclass
@@ -37,6 +42,7 @@ class SpectralDictionary:
 
     filters: torch.Tensor
     spectrum: torch.Tensor      # (C, K, H, W//2+1) complex: D at each frequency
+    adjoint: torch.Tensor       # its complex conjugate, materialised (a lazy conj view is slower)
     woodbury: torch.Tensor      # (C, C, H, W//2+1) complex: (rho I + D D^H)^-1 at each frequency
     size: tuple[int, int]
     rho: float
@@ -54,7 +60,7 @@ def spectral_dictionary(filters: torch.Tensor, size: tuple[int, int], rho: float
     gram = per_frequency @ per_frequency.conj().transpose(-1, -2)       # D D^H: (H, Wf, C, C)
     eye = torch.eye(spectrum.shape[0], dtype=gram.dtype, device=gram.device)
     woodbury = torch.linalg.inv(gram + rho * eye).permute(2, 3, 0, 1).contiguous()
-    return SpectralDictionary(filters, spectrum, woodbury, size, rho)
+    return SpectralDictionary(filters, spectrum, spectrum.conj().resolve_conj(), woodbury, size, rho)
 
 
 def apply_dictionary(spectrum: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -66,9 +72,8 @@ def apply_dictionary(spectrum: torch.Tensor, codes: torch.Tensor) -> torch.Tenso
     return torch.stack([(codes * channel).sum(1) for channel in spectrum], dim=1)
 
 
-def apply_adjoint(spectrum: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
-    """D^H s per frequency: signal (N, C, H, Wf) -> (N, K, H, Wf), accumulated channel by channel."""
-    conjugate = spectrum.conj()
+def apply_adjoint(conjugate: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+    """D^H s per frequency from conj(D) (C, K, H, Wf): signal (N, C, H, Wf) -> (N, K, H, Wf), channel by channel."""
     out = signal[:, 0, None] * conjugate[0]
     for channel in range(1, len(conjugate)):
         out.addcmul_(signal[:, channel, None], conjugate[channel])
@@ -96,26 +101,49 @@ def cbpdn_objective(dictionary: SpectralDictionary, signal: torch.Tensor, codes:
 def cbpdn(dictionary: SpectralDictionary, signal: torch.Tensor, lmbda: float, iterations: int) -> torch.Tensor:
     """Sparse codes (N, K, H, W) of signals (N, C, H, W) by `iterations` ADMM steps from zero.
 
+    On the CPU the images are coded `CPU_CODING_CHUNK` at a time, chunks spread over threads
+    (`map_in_cache_sized_chunks`): the K maps of a whole batch do not fit in the cache, and every
+    step streams them several times (measured on the 2-core CPU, 48 x 48, K = 64, 50 steps:
+    6.7 images/s in one call on 128 images, about 30 in chunks of 2 to 8, 35 with the threads).
+    """
+    return map_in_cache_sized_chunks(lambda part: _cbpdn_steps(dictionary, part, lmbda, iterations), signal,
+                                     CPU_CODING_CHUNK)
+
+
+def sparse_reconstruction(dictionary: SpectralDictionary, signal: torch.Tensor, lmbda: float,
+                          iterations: int) -> torch.Tensor:
+    """D z for the cbpdn codes z of each signal (N, C, H, W), chunked like `cbpdn`."""
+    return map_in_cache_sized_chunks(
+        lambda part: synthesize(dictionary, _cbpdn_steps(dictionary, part, lmbda, iterations)), signal,
+        CPU_CODING_CHUNK)
+
+
+def _cbpdn_steps(dictionary: SpectralDictionary, signal: torch.Tensor, lmbda: float, iterations: int) -> torch.Tensor:
+    """The ADMM of `cbpdn` on one batch.
+
     With w = y - u, the z-step is z = (D^H D + rho I)^-1 (D^H s + rho w)
     = P D^H s + w - D^H W D w (Woodbury, W = (rho I + D D^H)^-1, P = (I - D^H W D) / rho): the first
-    term is computed once; each step transforms the K maps forward and back.
+    term, `base`, is computed once; each step transforms the K maps forward and back. The iterate is
+    kept as (y, v) with v = z + u, so that u = v - y and w = 2 y - v: then v = base + y - D^H W D w,
+    y = soft(v, lambda / rho). The first step (from y = u = 0) is v = base.
     """
-    rho, size, spectrum, woodbury = dictionary.rho, dictionary.size, dictionary.spectrum, dictionary.woodbury
+    rho, size, spectrum, adjoint = dictionary.rho, dictionary.size, dictionary.spectrum, dictionary.adjoint
 
     def gram_correction(codes_spectrum: torch.Tensor) -> torch.Tensor:  # D^H W D z
-        return apply_adjoint(spectrum, apply_woodbury(woodbury, apply_dictionary(spectrum, codes_spectrum)))
+        return apply_adjoint(adjoint, apply_woodbury(dictionary.woodbury, apply_dictionary(spectrum, codes_spectrum)))
 
-    data_term = apply_adjoint(spectrum, torch.fft.rfft2(signal))          # D^H s
+    if iterations == 0:
+        return torch.zeros(len(signal), spectrum.shape[1], *size, dtype=signal.dtype, device=signal.device)
+    data_term = apply_adjoint(adjoint, torch.fft.rfft2(signal))           # D^H s
     base = torch.fft.irfft2((data_term - gram_correction(data_term)) / rho, s=size)
     threshold = lmbda / rho
-    y = torch.zeros_like(base)
-    u = torch.zeros_like(base)
-    for _ in range(iterations):
-        w = y - u
-        z = torch.fft.irfft2(gram_correction(torch.fft.rfft2(w)), s=size).neg_().add_(base).add_(w)
-        v = z.add_(u)                                          # v = z + u
-        y = v - v.clamp(-threshold, threshold)                # soft threshold of v
-        u = v.sub_(y)                                          # u + z - y
+    v = base
+    y = F.softshrink(v, threshold)
+    for _ in range(iterations - 1):
+        w = torch.sub(y, v).add_(y)
+        correction = torch.fft.irfft2(gram_correction(torch.fft.rfft2(w)), s=size)
+        v = torch.add(base, y).sub_(correction)
+        y = F.softshrink(v, threshold)
     return y
 
 

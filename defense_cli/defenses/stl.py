@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from defense_cli.defenses.base import Defense, DefenseContext
 from defense_cli.defenses.fitted import fit_once, random_patches, training_images
 from defense_cli.defenses.sparse_coding import (
-    cbpdn, learn_dictionary, normalise_filters, spectral_dictionary, synthesize, tikhonov_split)
+    learn_dictionary, normalise_filters, spectral_dictionary, sparse_reconstruction, tikhonov_split)
 from defense_cli.defenses.stratify import DenoisingAutoencoder, kmeans, knn_vote, train_dae
 
 KMEANS_ITERATIONS = 50
@@ -177,7 +177,7 @@ class STL(Defense):
     def project(self, detail: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
         """The sparse reconstruction D z of the detail part with one dictionary (CBPDN by ADMM)."""
         dictionary = spectral_dictionary(filters.to(detail.device), tuple(detail.shape[-2:]), self.admm_rho)
-        return synthesize(dictionary, cbpdn(dictionary, detail, self.lmbda, self.iterations))
+        return sparse_reconstruction(dictionary, detail, self.lmbda, self.iterations)
 
     def transform(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if self._dictionaries is None:
