@@ -7,7 +7,7 @@ from torch import nn
 from defense_cli.defenses import DefenseContext
 from defense_cli.defenses.jpeg import jpeg_roundtrip
 from defense_cli.defenses.semantic_jpeg import (
-    SemanticJPEG, aug_msroi_saliency, level_qualities, saliency_levels, semantic_jpeg, translate)
+    SemanticJPEG, aug_msroi_saliency, level_qualities, per_item_std, saliency_levels, semantic_jpeg, translate)
 from defense_cli.image_quality import psnr
 from defense_cli.models.architectures import GapHeadNet, LeNet, small_cnn
 from defense_cli.models.classifier import Classifier
@@ -141,3 +141,26 @@ def test_config_builds_the_defense():
     defense = build_defense(compose_group_option("defense", "semantic_jpeg"))
     assert isinstance(defense, SemanticJPEG) and defense.needs_classifier and defense.randomized
     assert defense.qualities == [30, 38, 46, 54, 62]
+
+
+def test_per_item_std_is_the_sample_standard_deviation():
+    values = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0)) * torch.arange(1, 5)[:, None, None, None]
+    assert torch.allclose(per_item_std(values), values.flatten(1).std(1), rtol=1e-5)
+
+
+def test_output_does_not_depend_on_the_thread_count_or_on_chunking():
+    defense = _defense()
+    images = _textured(batch=19, seed=4)  # several chunks, spread over threads
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        spread = defense(images, torch.Generator().manual_seed(7))
+        torch.set_num_threads(1)
+        serial = defense(images, torch.Generator().manual_seed(7))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(spread, serial)
+    assert torch.get_num_threads() == threads
+    saliency = defense.saliency(images, torch.Generator().manual_seed(7))
+    expected = semantic_jpeg(images, saliency, defense.qualities, defense.final_quality)
+    assert torch.equal(spread, expected)

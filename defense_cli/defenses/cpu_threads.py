@@ -60,14 +60,17 @@ def map_over_threads(fn: Callable[[torch.Tensor], T], stack: torch.Tensor,
 
 def map_in_cache_sized_chunks(fn: Callable[[torch.Tensor], torch.Tensor], stack: torch.Tensor,
                               chunk_size: int) -> torch.Tensor:
-    """`fn` on consecutive `chunk_size` slices of a CPU stack, spread over threads, concatenated.
+    """`fn` on consecutive `chunk_size` slices of a CPU stack, handed out to the threads, concatenated.
 
-    On CUDA the whole stack goes to one call (large batches are what the GPU wants).
+    The slices are the same whatever the thread count, so a `fn` that derives random draws from
+    its slice gives the same output on any machine. A stack of one chunk or less, and any CUDA
+    stack (large batches are what the GPU wants), goes to one call of `fn` with torch's usual threads.
     """
-    if stack.device.type != "cpu":
+    if stack.device.type != "cpu" or len(stack) <= chunk_size:
         return fn(stack)
-
-    def run_slices(part: torch.Tensor) -> torch.Tensor:
-        return torch.cat([fn(piece) for piece in part.split(chunk_size)])
-
-    return torch.cat(map_over_threads(run_slices, stack, min_items=2 * chunk_size))
+    pieces = stack.split(chunk_size)
+    workers = torch.get_num_threads()
+    with single_threaded_on_cpu(stack.device):
+        if workers < 2:
+            return torch.cat([fn(piece) for piece in pieces])
+        return torch.cat(list(_thread_pool(workers).map(fn, pieces)))

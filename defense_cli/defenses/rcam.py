@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defense_cli.models.inference_features import inference_features
+
 
 def check_cam_model(classifier: nn.Module | None) -> None:
     """ValueError unless `classifier` exposes `features(x)` and a linear `head` (R-CAM's needs)."""
@@ -47,7 +49,7 @@ def robust_activation_map(classifier: nn.Module, images: torch.Tensor, top_k: in
     parameter = next(classifier.parameters(), None)
     model_device = parameter.device if parameter is not None else images.device
     with torch.no_grad():
-        features = classifier.features(images.to(model_device))
+        features = inference_features(classifier, images.to(model_device))
         logits = classifier.head(features.mean(dim=(2, 3)))
         k = min(top_k, logits.shape[1])
         classes = logits.topk(k, dim=1).indices
