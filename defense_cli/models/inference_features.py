@@ -48,7 +48,8 @@ def folded_features(classifier: nn.Module) -> nn.Module:
 
 
 def inference_features(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """`classifier.features(images)` without gradients, computed the fast way when the model is in eval mode."""
+    """`classifier.features(images)` without gradients, computed the fast way when the model is in eval mode
+    (then in channels-last memory layout)."""
     with torch.no_grad():
         if classifier.training or not classifier.supports_cam:  # the plain path names the problem
             return classifier.features(images)
@@ -56,4 +57,4 @@ def inference_features(classifier: nn.Module, images: torch.Tensor) -> torch.Ten
         chunk = CPU_CHUNK if images.device.type == "cpu" else len(images)
         parts = [features(classifier.normalize(part).contiguous(memory_format=torch.channels_last))
                  for part in images.split(max(chunk, 1))]
-        return torch.cat(parts).contiguous()
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
