@@ -213,7 +213,8 @@ def bench_defenses_command(
     defense: Optional[list[str]] = typer.Option(None, "--defense", "-d", help="defense option(s); default: all"),
     images: int = typer.Option(512, help="CIFAR-10 test images in the batch"),
     reference_images: int = typer.Option(64, help="images given to the slow per-image reference"),
-    repeats: int = typer.Option(1, help="timed repeats after one warm-up (best is kept)"),
+    repeats: int = typer.Option(1, help="timed repeats after one warm-up, the reference taking turns "
+                                        "(best of each is kept)"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
     reference: bool = typer.Option(True, help="also time the simple per-image reference versions"),
     cache: Optional[str] = typer.Option(None, help="cache folder (default: the project's)"),

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from defense_cli.bench.cifar import cifar10_jpeg
 from defense_cli.bench.references import reference_generator, references
-from defense_cli.bench.timing import timed
+from defense_cli.bench.timing import timed_alternately
 from defense_cli.config import compose_group_option, group_options
 from defense_cli.defenses import Defense, DefenseContext, build_defense
 from defense_cli.image_quality import mean_psnr, psnr, ssim
@@ -64,12 +64,14 @@ def bench_defenses(names: list[str] | None, n_images: int, device: torch.device,
     for name, defense in defenses.items():
         defense.prepare(context)
         generator = torch.Generator(device=device).manual_seed(0)
-        out, seconds = timed(lambda: defense(images, generator), device, repeats)
+        subset = images[:reference_images]
+        # the reference takes turns with the batched version, with as many repeats (fair under load)
+        fns = [lambda: defense(images, generator)] + ([lambda: refs[name](subset, defense)] if name in refs else [])
+        (out, seconds), *reference = timed_alternately(fns, device, repeats)
         row = DefenseBenchRow(name, len(images) / seconds, mean_psnr(psnr(images, out)),
                               ssim(images, out).mean().item())
-        if name in refs:
-            subset = images[:reference_images]
-            ref_out, ref_seconds = timed(lambda: refs[name](subset, defense), device, 1)
+        if reference:
+            ref_out, ref_seconds = reference[0]
             row.reference_images_per_second = len(subset) / ref_seconds
             # a randomized defense is compared on the draw its reference makes (same seed)
             mine = defense(subset, reference_generator(device)) if defense.randomized else out[: len(subset)]
