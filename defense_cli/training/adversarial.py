@@ -9,6 +9,7 @@ forward passes) and back in train mode for the update.
 `train.adversarial_defense=<defense option>` is ME-Net's "prep. + adv. train"
 (`003_b8a380e28ee315f5.txt`, section 3.3 and Table 4): the attack runs against
 classifier(BPDA(defense(x))) (identity backward pass) and the model trains on defense(x_adv).
+A defense that needs a classifier (R-CAM, Aug-MSROI saliency) uses the model being trained.
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ class AdversarialBatches:
         model.eval()
         target = model if self.defense is None else DefendedClassifier(model, self.defense, self.generator)
         adversarial = self.attack(target, images, labels, self.generator).adversarial
+        if self.defense is not None:  # still in eval mode: a CAM defense's forward must not move BN statistics
+            adversarial = self.defense(adversarial, self.generator)
         model.train()
-        return adversarial if self.defense is None else self.defense(adversarial, self.generator)
+        return adversarial
 
 
 def adversarial_batches(train_cfg: DictConfig, context: DefenseContext) -> AdversarialBatches | None:

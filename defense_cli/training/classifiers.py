@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from defense_cli.data import DatasetSplits, ImageSet
 from defense_cli.models import Classifier, build_classifier
-from defense_cli.defenses import DefenseContext
+from defense_cli.defenses import DefenseContext, build_defense
 from defense_cli.training.adversarial import adversarial_batches, adversarial_key_part
 from defense_cli.training.cache import cache_key, cached
 from defense_cli.training.defended_data import defended_training_set
@@ -75,13 +75,15 @@ def obtain_classifier(
         fresh = build_classifier(model_cfg, dataset_cfg)
         data = splits.train
         if preprocess_cfg is not None:
+            source = _defense_classifier(preprocess_cfg, dataset_cfg, model_cfg, train_cfg, splits, cache_dir, device)
             data = defended_training_set(splits.train, preprocess_cfg, dataset_cfg, cache_dir, device,
-                                         train_cfg.seed)
+                                         train_cfg.seed, source)
         if getattr(fresh.backbone, "pretrained", False):  # e.g. model=compressed: weights come with it
             history = TrainingLog([], [])
         else:
-            transform = adversarial_batches(train_cfg, DefenseContext(train_set=splits.train, cache_dir=cache_dir,
-                                                                      device=device, seed=train_cfg.seed))
+            context = DefenseContext(classifier=fresh.to(device), train_set=splits.train, cache_dir=cache_dir,
+                                     device=device, seed=train_cfg.seed)
+            transform = adversarial_batches(train_cfg, context)
             monitor = EpochMonitor(lambda m: test_accuracy(m, splits.test, device))
             history = train_classifier(fresh, data, train_cfg, device, desc=f"train {model_cfg.name}",
                                        batch_transform=transform, hooks=[monitor])
@@ -94,6 +96,18 @@ def obtain_classifier(
     model.to(device).eval()
     return TrainedClassifier(model, key, path, hit, time.perf_counter() - start,
                              float(payload["train_accuracy"]), payload.get("history", {}))
+
+
+def _defense_classifier(preprocess_cfg: DictConfig, dataset_cfg: DictConfig, model_cfg: DictConfig,
+                        train_cfg: DictConfig, splits: DatasetSplits, cache_dir: Path,
+                        device: torch.device) -> tuple[str, Classifier] | None:
+    """(key, model) of the classifier that a preprocessing defense needing one (R-CAM, Aug-MSROI
+    saliency) uses to defend the training set: the same model trained on clean images (train-or-load)."""
+    if not build_defense(preprocess_cfg).needs_classifier:
+        return None
+    clean_cfg = OmegaConf.merge(train_cfg, {"preprocess": "none", "adversarial": "none"})
+    clean = obtain_classifier(dataset_cfg, model_cfg, clean_cfg, splits, cache_dir, device)
+    return clean.key, clean.model
 
 
 def test_accuracy(model: Classifier, data: ImageSet, device: torch.device, batch_size: int = 512) -> float:

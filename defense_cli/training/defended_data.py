@@ -3,6 +3,8 @@
 The defended set is keyed by the dataset and the defense config, so a sweep over classifier
 settings reuses it. A defense may return several views of each image for training (ME-Net trains
 on n masks): it does so by defining `training_views(images, generator) -> list of batches`.
+A defense that needs a classifier (R-CAM pixel deflection, semantic JPEG's saliency) is given
+`classifier`, and that classifier's cache key enters the set's key.
 """
 
 from __future__ import annotations
@@ -15,22 +17,31 @@ from tqdm.auto import tqdm
 
 from defense_cli.data import ImageSet
 from defense_cli.defenses import DefenseContext, build_defense
+from defense_cli.models import Classifier
 from defense_cli.training.cache import cache_key, cached
 
 BATCH = 256
 
 
 def defended_training_set(train: ImageSet, defense_cfg: DictConfig, dataset_cfg: DictConfig,
-                          cache_dir: Path, device: torch.device, seed: int) -> ImageSet:
-    """`train` with every image replaced by its defended version(s); cached on disk."""
+                          cache_dir: Path, device: torch.device, seed: int,
+                          classifier: tuple[str, Classifier] | None = None) -> ImageSet:
+    """`train` with every image replaced by its defended version(s); cached on disk.
+
+    `classifier` is (cache key, model) for a defense that needs one.
+    """
     dataset_part = {k: v for k, v in OmegaConf.to_container(dataset_cfg, resolve=True).items()
                     if k not in ("limit", "data_dir", "download")}
-    key = cache_key({"dataset": dataset_part, "defense": defense_cfg, "seed": seed, "n": len(train)})
+    parts = {"dataset": dataset_part, "defense": defense_cfg, "seed": seed, "n": len(train)}
+    if classifier is not None:
+        parts["classifier"] = classifier[0]
+    key = cache_key(parts)
     path = cache_dir / "defended" / f"{defense_cfg.name}-{dataset_cfg.name}-{key}.pt"
 
     def build() -> dict:
         defense = build_defense(defense_cfg)
-        defense.prepare(DefenseContext(train_set=train, cache_dir=cache_dir, device=device, seed=seed))
+        defense.prepare(DefenseContext(train_set=train, cache_dir=cache_dir, device=device, seed=seed,
+                                       classifier=classifier[1] if classifier is not None else None))
         generator = torch.Generator(device=device).manual_seed(seed)
         views = getattr(defense, "training_views", None)
         images, labels = [], []
