@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from defense_cli.defenses.base import Defense
+from defense_cli.defenses.parameter_checks import check_int
 
 
 def vote_scores(classifier: nn.Module, defense: Defense, images: torch.Tensor, runs: int,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, classes): votes per class plus half the mean softmax probability (a tie-break in [0, 0.5])."""
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise ValueError(f"runs={runs!r} must be an integer >= 1")
+    check_int("runs", runs, 1)
     votes, probabilities = None, None
     with torch.no_grad():
         for _ in range(runs):

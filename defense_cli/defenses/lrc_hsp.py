@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from defense_cli.defenses.base import Defense, DefenseContext
+from defense_cli.defenses.parameter_checks import check_int
 from defense_cli.defenses.rlkc import RLKCParams, rlkc
 from defense_cli.defenses.tv import fgp_denoise
 
@@ -75,8 +76,7 @@ class LRCHSP(Defense):
             raise ValueError(f"keypoint_label={keypoint_label!r} must be one of {', '.join(KEYPOINT_LABELS)}")
         if not smoothing_weight >= 0:
             raise ValueError(f"smoothing_weight={smoothing_weight!r} must be >= 0")
-        if not isinstance(smoothing_iterations, int) or smoothing_iterations < 1:
-            raise ValueError(f"smoothing_iterations={smoothing_iterations!r} must be an integer >= 1")
+        check_int("smoothing_iterations", smoothing_iterations, 1)
         unknown = set(rlkc_params) - set(RLKCParams.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown LRC-HSP parameter(s) {sorted(unknown)}; allowed: "

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from defense_cli.defenses.base import Defense, DefenseContext
 from defense_cli.defenses.fitted import fit_once, random_patches, training_images
+from defense_cli.defenses.parameter_checks import check_int
 
 QUERY_CHUNK = 512  # tiles searched per distance matrix (bounds memory: chunk x database floats)
 
@@ -78,16 +79,14 @@ class Quilting(Defense):
 
     def __init__(self, patch_size: int = 5, overlap: int = 1, neighbors: int = 10,
                  database_size: int = 100_000, train_images: int = 10_000) -> None:
-        if not isinstance(patch_size, int) or patch_size < 1:
-            raise ValueError(f"patch_size={patch_size!r} must be an integer >= 1")
+        check_int("patch_size", patch_size, 1)
         if not isinstance(overlap, int) or not 0 <= overlap < patch_size:
             raise ValueError(f"overlap={overlap!r} must be an integer in 0..patch_size-1 ({patch_size - 1})")
         if not isinstance(neighbors, int) or neighbors < 1:
             raise ValueError(f"neighbors={neighbors!r} must be an integer >= 1 (k nearest patches)")
         if not isinstance(database_size, int) or database_size < neighbors:
             raise ValueError(f"database_size={database_size!r} must be an integer >= neighbors ({neighbors})")
-        if not isinstance(train_images, int) or train_images < 1:
-            raise ValueError(f"train_images={train_images!r} must be an integer >= 1")
+        check_int("train_images", train_images, 1)
         self.patch_size = patch_size
         self.overlap = overlap
         self.neighbors = neighbors

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from defense_cli.defenses.cpu_threads import map_over_threads
+from defense_cli.defenses.parameter_checks import check_int
 from defense_cli.defenses.tv import fgp_denoise
 
 
@@ -66,9 +67,7 @@ class RLKCParams:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
         for name in ("outer_iterations", "inner_iterations", "fgp_iterations", "ialm_iterations"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+            check_int(name, getattr(self, name), 1)
         for name in ("mu_growth", "ialm_growth"):
             if not getattr(self, name) >= 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 1")

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from defense_cli.defenses.base import Defense, DefenseContext
 from defense_cli.defenses.cpu_threads import map_in_cache_sized_chunks
 from defense_cli.defenses.jpeg import jpeg_roundtrip
+from defense_cli.defenses.parameter_checks import check_int
 from defense_cli.models.inference_features import inference_features
 
 BLOCK = 8
@@ -154,14 +155,12 @@ class SemanticJPEG(Defense):
             raise ValueError(f"levels={levels!r} (k) must be an integer >= 1")
         if quality_spacing not in QUALITY_SPACINGS:
             raise ValueError(f"quality_spacing={quality_spacing!r}; allowed: {', '.join(QUALITY_SPACINGS)}")
-        if not isinstance(augmentations, int) or augmentations < 1:
-            raise ValueError(f"augmentations={augmentations!r} must be an integer >= 1")
+        check_int("augmentations", augmentations, 1)
         if not isinstance(jitter, int) or jitter < 0:
             raise ValueError(f"jitter={jitter!r} must be an integer >= 0 (pixels)")
         if image_noise < 0 or feature_noise < 0:
             raise ValueError(f"image_noise={image_noise!r} and feature_noise={feature_noise!r} must be >= 0")
-        if not isinstance(top_classes, int) or top_classes < 1:
-            raise ValueError(f"top_classes={top_classes!r} must be an integer >= 1")
+        check_int("top_classes", top_classes, 1)
         self.quality_low = quality_low
         self.quality_high = quality_high
         self.levels = levels

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from defense_cli.defenses.base import Defense
+from defense_cli.defenses.parameter_checks import check_int
 
 
 def reduce_bit_depth(images: torch.Tensor, bits: int) -> torch.Tensor:
@@ -94,8 +95,7 @@ class MedianSmoothing(Defense):
     """Median smoothing over a `window` x `window` square (window >= 1), Xu et al. 2018 section 4.2."""
 
     def __init__(self, window: int = 2) -> None:
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window={window!r} must be an integer >= 1")
+        check_int("window", window, 1)
         self.window = window
 
     def transform(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

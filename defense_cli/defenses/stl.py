@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from defense_cli.defenses.base import Defense, DefenseContext
 from defense_cli.defenses.fitted import fit_once, random_patches, training_images
+from defense_cli.defenses.parameter_checks import check_int
 from defense_cli.defenses.sparse_coding import (
     learn_dictionary, normalise_filters, spectral_dictionary, sparse_reconstruction, tikhonov_split)
 from defense_cli.defenses.stratify import DenoisingAutoencoder, kmeans, knn_vote, train_dae
@@ -40,11 +41,6 @@ KMEANS_ITERATIONS = 50
 FITTING_PARAMETERS = ("filters", "filter_size", "lmbda", "rho", "lowpass", "clusters", "latent_dim", "dae_noise",
                       "dae_epochs", "learn_patches", "learn_patch_size", "learning_iterations",
                       "learning_coding_iterations", "filter_steps")
-
-
-def _positive_int(name: str, value: int, minimum: int = 1) -> None:
-    if not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
 
 
 class STL(Defense):
@@ -63,8 +59,8 @@ class STL(Defense):
                             ("learning_iterations", learning_iterations),
                             ("learning_coding_iterations", learning_coding_iterations),
                             ("filter_steps", filter_steps)):
-            _positive_int(name, value)
-        _positive_int("dae_epochs", dae_epochs, minimum=0)
+            check_int(name, value, 1)
+        check_int("dae_epochs", dae_epochs, 0)
         if not lmbda > 0:
             raise ValueError(f"lmbda={lmbda!r} (the l1 weight lambda) must be > 0")
         if rho is not None and not rho > 0:

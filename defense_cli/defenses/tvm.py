@@ -21,6 +21,7 @@ import math
 import torch
 
 from defense_cli.defenses.base import Defense
+from defense_cli.defenses.parameter_checks import check_int
 from defense_cli.defenses.tv import operator_l, operator_lt, project_dual_, total_variation
 
 #: ||L||^2 <= 8 for the discrete gradient (Beck and Teboulle, Lemma 4.2); tau * sigma * 8 = 1.
@@ -74,8 +75,7 @@ class TVMinimization(Defense):
             raise ValueError(f"keep_prob={keep_prob!r} must lie in (0, 1]")
         if not lambda_tv > 0:
             raise ValueError(f"lambda_tv={lambda_tv!r} must be > 0")
-        if not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations={iterations!r} must be an integer >= 1")
+        check_int("iterations", iterations, 1)
         self.keep_prob = float(keep_prob)
         self.lambda_tv = float(lambda_tv)
         self.iterations = iterations
