@@ -22,6 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+#: dataset keys that select or locate the data but do not change what is built from it
+DATASET_KEYS_NOT_IN_KEY = ("limit", "data_dir", "download")
+
+
+def config_without(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
+    """`cfg` as a plain dict without `keys` (settings that must not enter a cache key)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in plain.items() if k not in keys}
 
 
 def cache_key(parts: dict[str, Any]) -> str:

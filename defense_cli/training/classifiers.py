@@ -16,15 +16,14 @@ from defense_cli.data import DatasetSplits, ImageSet
 from defense_cli.models import Classifier, build_classifier
 from defense_cli.defenses import DefenseContext, build_defense
 from defense_cli.training.adversarial import adversarial_batches, adversarial_key_part
-from defense_cli.training.cache import cache_key, cached
+from defense_cli.training.cache import DATASET_KEYS_NOT_IN_KEY, cache_key, cached, config_without
 from defense_cli.training.defended_data import defended_training_set
 from defense_cli.training.monitor import EpochMonitor
 from defense_cli.training.trainer import TrainingLog, predict, train_classifier
 
 log = logging.getLogger(__name__)
 
-#: dataset keys that do not change the trained model
-DATASET_KEYS_NOT_IN_KEY = ("limit", "data_dir", "download")
+#: train keys that do not change the trained model
 TRAIN_KEYS_NOT_IN_KEY = ("num_workers", "device")
 
 
@@ -49,9 +48,9 @@ def classifier_key(dataset_cfg: DictConfig, model_cfg: DictConfig, train_cfg: Di
     train config names them only); without it the key is what it always was.
     """
     parts = {
-        "dataset": _without(dataset_cfg, DATASET_KEYS_NOT_IN_KEY),
+        "dataset": config_without(dataset_cfg, DATASET_KEYS_NOT_IN_KEY),
         "model": model_cfg,
-        "train": _without(train_cfg, TRAIN_KEYS_NOT_IN_KEY),
+        "train": config_without(train_cfg, TRAIN_KEYS_NOT_IN_KEY),
         "preprocess": preprocess_cfg if preprocess_cfg is not None else "none",
     }
     adversarial = adversarial_key_part(train_cfg)
@@ -116,8 +115,3 @@ def test_accuracy(model: Classifier, data: ImageSet, device: torch.device, batch
     for images, labels in data.batches(batch_size, device=device):
         correct += (predict(model, images, batch_size) == labels).sum().item()
     return correct / max(1, len(data))
-
-
-def _without(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    return {k: v for k, v in plain.items() if k not in keys}

@@ -12,13 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from defense_cli.data import ImageSet
 from defense_cli.defenses import DefenseContext, build_defense
 from defense_cli.models import Classifier
-from defense_cli.training.cache import cache_key, cached
+from defense_cli.training.cache import DATASET_KEYS_NOT_IN_KEY, cache_key, cached, config_without
 
 BATCH = 256
 
@@ -30,9 +30,7 @@ def defended_training_set(train: ImageSet, defense_cfg: DictConfig, dataset_cfg:
 
     `classifier` is (cache key, model) for a defense that needs one.
     """
-    dataset_part = {k: v for k, v in OmegaConf.to_container(dataset_cfg, resolve=True).items()
-                    if k not in ("limit", "data_dir", "download")}
-    parts = {"dataset": dataset_part, "defense": defense_cfg, "seed": seed, "n": len(train)}
+    parts = {"dataset": config_without(dataset_cfg, DATASET_KEYS_NOT_IN_KEY), "defense": defense_cfg, "seed": seed, "n": len(train)}
     if classifier is not None:
         parts["classifier"] = classifier[0]
     key = cache_key(parts)
