@@ -188,15 +188,16 @@ class SemanticJPEG(Defense):
 
     def saliency(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """The Aug-MSROI map (B, 1, H, W) in [0, 1] of a batch."""
-        return self._per_chunk(images, generator, self._chunk_saliency)
+        return self._per_chunk(images, generator, self.batch_saliency)
 
     def transform(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         def defend(part: torch.Tensor, part_generator: torch.Generator) -> torch.Tensor:
-            return semantic_jpeg(part, self._chunk_saliency(part, part_generator), self.qualities, self.final_quality)
+            return semantic_jpeg(part, self.batch_saliency(part, part_generator), self.qualities, self.final_quality)
 
         return self._per_chunk(images, generator, defend)
 
-    def _chunk_saliency(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def batch_saliency(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The Aug-MSROI map of a batch in one call (no chunks, no threads; what `saliency` runs per chunk)."""
         if self._classifier is None:
             raise ValueError("semantic_jpeg has no classifier: call prepare(context) with context.classifier")
         return aug_msroi_saliency(self._classifier, images, self.augmentations, self.jitter, self.image_noise,

@@ -1,6 +1,6 @@
 """Reference versions of semantic JPEG, STL and quilting: the same algorithms, one image at a time.
 
-Semantic JPEG: the saliency of each image alone (the same `aug_msroi_saliency`, with the same
+Semantic JPEG: the saliency of each image alone (`SemanticJPEG.batch_saliency`, with the same
 folded inference features, on a batch of one image's copies), PIL JPEG per quality and a Python
 loop over 8x8 blocks. STL: the same ADMM in numpy (numpy FFTs), one image at a time, as a SPORCO-style per-image
 solver would run. Quilting: a Python loop over tiles, each searched with numpy against the database.
@@ -15,7 +15,7 @@ import torch
 
 from defense_cli.bench.references import reference
 from defense_cli.bench.references.jpeg import jpeg_with_pil
-from defense_cli.defenses.semantic_jpeg import BLOCK, aug_msroi_saliency, saliency_levels
+from defense_cli.defenses.semantic_jpeg import BLOCK, saliency_levels
 
 
 def _pil_jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
@@ -28,8 +28,7 @@ def semantic_jpeg_per_image(images: torch.Tensor, defense) -> torch.Tensor:
     out = []
     for image in images:
         with torch.no_grad():
-            saliency = aug_msroi_saliency(defense._classifier, image[None], defense.augmentations, defense.jitter,
-                                          defense.image_noise, defense.feature_noise, defense.top_classes, generator)
+            saliency = defense.batch_saliency(image[None], generator)
         levels = saliency_levels(saliency, defense.levels)[0, 0]
         decoded = [_pil_jpeg(image.cpu(), quality) for quality in defense.qualities]
         mosaic = torch.empty_like(image.cpu())
