@@ -9,12 +9,13 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP)
 
 # The venv is (re)built when pyproject.toml changes. torch>=2.14 from PyPI is the CUDA build; it
-# runs on CPU too (see shared/GUIDE.md section 1).
+# runs on CPU too. pip builds every sdist in its own isolated environment with a current setuptools
+# (antlr4-python3-runtime, needed by hydra-core, is published only as an sdist): a fresh venv's
+# setuptools 65 has no bdist_wheel, so the project is never built with --no-build-isolation.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet hatchling editables
-	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
 run: install
