@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from defense_cli.errors import ConfigError
-from defense_cli.training.cache import load_verified
+from defense_cli.artifact_cache import load_verified
 
 ARCHITECTURE = "compressed"
 

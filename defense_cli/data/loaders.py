@@ -137,7 +137,7 @@ def _read_split(folder: Path, classes: tuple[str, ...], size: int, cache_dir: Pa
     if cache_dir is not None:
         digest = hashlib.sha256(f"{folder.resolve()}|{len(files)}|{size}".encode()).hexdigest()[:16]
         cache_file = Path(cache_dir) / "datasets" / f"{folder.name}-{digest}.pt"
-        from defense_cli.training.cache import load_verified
+        from defense_cli.artifact_cache import load_verified
 
         cached = load_verified(cache_file)
         if cached is not None:
@@ -145,7 +145,7 @@ def _read_split(folder: Path, classes: tuple[str, ...], size: int, cache_dir: Pa
     images = torch.stack([_decode(path, size) for path, _ in files])
     labels = torch.tensor([label for _, label in files], dtype=torch.long)
     if cache_file is not None:
-        from defense_cli.training.cache import save_atomic
+        from defense_cli.artifact_cache import save_atomic
 
         save_atomic({"images": images, "labels": labels}, cache_file)
     return ImageSet(images, labels)

@@ -16,7 +16,7 @@ from defense_cli.data import DatasetSplits, ImageSet
 from defense_cli.models import Classifier, build_classifier
 from defense_cli.defenses import DefenseContext, build_defense
 from defense_cli.training.adversarial import adversarial_batches, adversarial_key_part
-from defense_cli.training.cache import DATASET_KEYS_NOT_IN_KEY, cache_key, cached, config_without
+from defense_cli.artifact_cache import DATASET_KEYS_NOT_IN_KEY, cache_key, cached, config_without
 from defense_cli.training.defended_data import defended_training_set
 from defense_cli.training.monitor import EpochMonitor
 from defense_cli.training.trainer import TrainingLog, predict, train_classifier
