@@ -13,7 +13,8 @@ from defense_cli.attacks.decision_attacks import Boundary, HopSkipJump
 from defense_cli.attacks.foolbox_attacks import BIM, FGSM, PGD
 from defense_cli.attacks.minimization_attacks import CarliniWagner, DeepFool
 from defense_cli.attacks.spsa import SPSA
-from defense_cli.config import compose, compose_group_option, group_options, validate
+from defense_cli.config import compose, compose_group_option, group_options
+from defense_cli.tasks.prepare import check_config
 from defense_cli.errors import ConfigError
 
 ATTACKS = sorted(group_options("attack"))
@@ -57,7 +58,7 @@ def test_attack_repeats_under_a_seed(name, batch):
 @pytest.mark.parametrize("name", ATTACKS)
 def test_attack_config_has_a_description_and_validates(name):
     assert group_options("attack")[name], f"conf/attack/{name}.yaml needs a first-line comment"
-    validate(compose([f"attack={name}"]))
+    check_config(compose([f"attack={name}"]))
     described = build_attack(compose_group_option("attack", name)).describe()
     if name != "none":
         assert "eps=" in described
@@ -134,4 +135,4 @@ def test_bad_value_in_a_config_is_a_config_error():
     with pytest.raises(ConfigError, match="samples"):
         build_attack(cfg)
     with pytest.raises(ConfigError, match="attack.eps"):
-        validate(compose(["attack=pgd", "attack.eps=-1"]))
+        check_config(compose(["attack=pgd", "attack.eps=-1"]))

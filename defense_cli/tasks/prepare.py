@@ -11,18 +11,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from defense_cli.attacks import build_attack
-from defense_cli.attacks.threat_models import WhiteBoxSettings
-from defense_cli.config import validate
-from defense_cli.data import DatasetSplits, load_dataset
-from defense_cli.defenses import DefenseContext, build_defense
-from defense_cli.errors import ConfigError
-from defense_cli.tracking import Tracker, git_commit, home_dir
-from defense_cli.training.adversarial import adversarial_configs
 from defense_cli.artifact_cache import cache_key
-from defense_cli.training.classifiers import TrainedClassifier, obtain_classifier
+from defense_cli.attacks import build_attack, build_threat_model
+from defense_cli.attacks.threat_models import BlackBox
+from defense_cli.config import validate
+from defense_cli.data import Dataset, DatasetSplits, load_dataset
+from defense_cli.defenses import build_defense
+from defense_cli.errors import ConfigError
+from defense_cli.instantiate import build_from_config
+from defense_cli.models import build_classifier
+from defense_cli.tracking import Tracker, git_commit, home_dir
+from defense_cli.training.classifiers import TrainedClassifier, obtain_classifier, plain_training
+from defense_cli.training.repr import RePrSettings
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,11 +58,6 @@ def run_tags(cfg: DictConfig, stage: str) -> dict[str, str]:
             "setting": setting_key(cfg), "git_commit": commit, "mlflow.source.git.commit": commit}
 
 
-def white_box_settings(cfg: DictConfig) -> WhiteBoxSettings:
-    """`threat_model.bpda` and `threat_model.eot_samples` (defaults for the other threat models)."""
-    return WhiteBoxSettings(cfg.threat_model.get("bpda", "identity"), int(cfg.threat_model.get("eot_samples", 1)))
-
-
 @dataclass
 class Prepared:
     """Validated inputs of a run, ready before any MLflow run is opened."""
@@ -72,14 +69,32 @@ class Prepared:
     tracker: Tracker
 
 
+def check_config(cfg: DictConfig) -> None:
+    """`validate` the run-level keys, then build every component the config names once (cheap:
+    constructors only), so that a bad parameter is a ConfigError naming it now, not a FAILED run."""
+    validate(cfg)
+    build_from_config(cfg.dataset, "dataset", Dataset)
+    build_classifier(cfg.model, cfg.dataset)
+    build_defense(cfg.defense)
+    build_attack(cfg.attack)
+    threat_model = build_threat_model(cfg.threat_model)
+    if isinstance(threat_model, BlackBox):
+        build_classifier(cfg.threat_model.source.model, cfg.dataset)
+    if cfg.train.scheme == "repr":
+        try:
+            RePrSettings.from_config(cfg.train)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(str(err)) from err
+    for key in ("preprocess", "adversarial_defense"):
+        if cfg.train[key] is not None:
+            build_defense(cfg.train[key])
+    if cfg.train.adversarial is not None:
+        build_attack(cfg.train.adversarial)
+
+
 def prepare(cfg: DictConfig) -> Prepared:
     """Validate the config and load the data; raises ConfigError on bad input, writes nothing."""
-    validate(cfg)
-    configs = adversarial_configs(cfg.train)
-    if configs is not None:
-        build_attack(configs[0])
-        if configs[1] is not None:
-            build_defense(configs[1])
+    check_config(cfg)
     device = resolve_device(cfg.device)
     cache = cache_dir(cfg)
     splits = load_dataset(cfg.dataset, cache)
@@ -90,18 +105,12 @@ def prepare(cfg: DictConfig) -> Prepared:
     return Prepared(cfg, device, cache, splits, tracker)
 
 
-def classifier(p: Prepared, model_cfg: DictConfig | None = None, seed: int | None = None) -> TrainedClassifier:
-    cfg = p.cfg
-    train_cfg = cfg.train
-    if model_cfg is not None:  # a black-box source model: plain training under its own seed
-        train_cfg = OmegaConf.merge(cfg.train, {"seed": seed, "preprocess": "none", "adversarial": "none"})
-    preprocess = cfg.train.get("preprocess", "none")
-    preprocess_cfg = None
-    if preprocess != "none" and model_cfg is None:
-        from defense_cli.config import compose_group_option
-
-        preprocess_cfg = compose_group_option("defense", preprocess)
-    return obtain_classifier(cfg.dataset, model_cfg or cfg.model, train_cfg, p.splits, p.cache, p.device,
-                             preprocess_cfg)
+def classifier(p: Prepared) -> TrainedClassifier:
+    """The run's classifier, trained (or loaded) as `train` says."""
+    return obtain_classifier(p.cfg.dataset, p.cfg.model, p.cfg.train, p.splits, p.cache, p.device)
 
 
+def source_classifier(p: Prepared, source: DictConfig) -> TrainedClassifier:
+    """A black-box source model: `source.model`, plain training under `source.train_seed`."""
+    return obtain_classifier(p.cfg.dataset, source.model, plain_training(p.cfg.train, source.train_seed), p.splits,
+                             p.cache, p.device)

@@ -1,34 +1,28 @@
 """The `run` task: data -> classifier -> defense -> threat model + attack -> metrics -> MLflow."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from defense_cli.attacks import Attack, attack_target, build_attack
-from defense_cli.attacks.threat_models import WhiteBoxSettings, check_bpda_mode
+from defense_cli.attacks import Attack, ThreatModel, build_attack, build_threat_model
 from defense_cli.defenses import DefenseContext, build_defense
 from defense_cli.evaluation import evaluate
 from defense_cli.results_table import print_table, results_table
 from defense_cli.results import per_draw_accuracies, summarize
 from defense_cli.tasks.prepare import (Prepared, classifier, prepare, run_name, run_tags, setting_key,
-                                       white_box_settings)
+                                       source_classifier)
 from defense_cli.tracking import current_parent_run, flatten
 from defense_cli.validity import CheckReport, run_checks
-
-log = logging.getLogger(__name__)
-
 
 def run_experiment(cfg: DictConfig) -> dict[str, float]:
     """The `run` task. Returns the metrics it logged."""
     p = prepare(cfg)
     attack = build_attack(cfg.attack)
     defense = build_defense(cfg.defense)
-    settings = white_box_settings(cfg)
-    if cfg.threat_model.name == "white_box":
-        check_bpda_mode(defense, settings)  # a user error: raise before the MLflow run opens
+    threat_model = build_threat_model(cfg.threat_model)
+    threat_model.check(attack, defense)  # a user error: raise before the MLflow run opens
     with p.tracker.run(run_name(cfg), run_tags(cfg, "run"), current_parent_run()) as run:
         run.params(flatten(cfg))
         run.text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
@@ -38,14 +32,11 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
                                        device=p.device, seed=cfg.seed))
 
         def source_model() -> torch.nn.Module:
-            source = cfg.threat_model.source
-            return classifier(p, source.model, source.train_seed).model
+            return source_classifier(p, cfg.threat_model.source).model
 
-        n_draws = int(cfg.threat_model.get("n_draws", 1))
-        target = attack_target(cfg.threat_model.name, attack, trained.model, defense, source_model, generator,
-                               settings)
+        target = threat_model.target(attack, trained.model, defense, source_model, generator)
         ev = evaluate(trained.model, defense, attack, target, p.splits.test, cfg.eval_batch_size, p.device,
-                      generator, cfg.num_samples_grid, n_draws)
+                      generator, cfg.num_samples_grid, threat_model.n_draws)
         metrics = {**summarize(ev), "train_seconds": trained.seconds,
                    "classifier_train_accuracy": trained.train_accuracy}
         run.metrics(metrics)
@@ -53,25 +44,16 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
         run.series({"robust_accuracy_draw": per_draw_accuracies(ev)}, first_step=0)
 
         checks = _validity(cfg, p, trained.model, defense, attack, ev, metrics["robust_accuracy"], source_model)
-        run.tags({"attack_strength": attack_strength(attack, cfg, defense),
+        run.tags({"attack_strength": threat_model.describe(attack, defense),
                   "classifier_cache_hit": str(trained.cache_hit), "classifier_key": trained.key, **checks.tags()})
         run.json({**metrics, "per_draw_robust_accuracy": per_draw_accuracies(ev), "checks": checks.outcomes},
                  "metrics.json")
         _log_grid(run, ev, p.splits.classes)
     context = {"data": f"{cfg.dataset.name} ({int(metrics['n_images'])} test images)",
-               "model": cfg.model.name, "defense": repr(defense), "attack": attack_strength(attack, cfg, defense),
+               "model": cfg.model.name, "defense": repr(defense), "attack": threat_model.describe(attack, defense),
                "threat model": cfg.threat_model.name, "device": str(p.device), "mlflow run": run.run_id}
     print_table(results_table("defense-cli run", metrics, context, checks.flags))
     return metrics
-
-
-def attack_strength(attack: Attack, cfg: DictConfig, defense) -> str:
-    """The attack's description plus how it went through the defense (BPDA mode, EOT samples)."""
-    if cfg.threat_model.name != "white_box" or not attack.uses_gradients:
-        return attack.describe()
-    settings = white_box_settings(cfg)
-    eot = settings.eot_samples if defense.randomized else 1
-    return f"{attack.describe()} + BPDA({settings.bpda}), EOT samples={eot}"
 
 
 def _validity(cfg: DictConfig, p: Prepared, model: torch.nn.Module, defense, attack: Attack, ev,
@@ -82,9 +64,9 @@ def _validity(cfg: DictConfig, p: Prepared, model: torch.nn.Module, defense, att
     def sample_accuracy(n: int) -> float:
         return (defended_adv[:n] == labels[:n]).float().mean().item()
 
-    def sample_attack(stronger: Attack, settings: WhiteBoxSettings, n: int) -> float:
+    def sample_attack(stronger: Attack, threat_model: ThreatModel, n: int) -> float:
         generator = torch.Generator(device=p.device).manual_seed(cfg.seed)
-        target = attack_target(cfg.threat_model.name, stronger, model, defense, source_model, generator, settings)
+        target = threat_model.target(stronger, model, defense, source_model, generator)
         sample = evaluate(model, defense, stronger, target, p.splits.test.head(n), cfg.eval_batch_size, p.device,
                           generator, 0)
         return summarize(sample)["robust_accuracy"]
