@@ -59,7 +59,8 @@ def test_adversarial_batch_is_a_pgd_example_inside_the_eps_ball():
 def test_adversarial_training_lowers_the_adversarial_loss():
     data = toy_set()
     cfg = OmegaConf.create({"epochs": 3, "batch_size": 32, "optimizer": "sgd", "lr": 0.5, "momentum": 0.9,
-                            "weight_decay": 0.0, "schedule": "constant", "step_size": 1, "seed": 0})
+                            "weight_decay": 0.0, "schedule": "constant", "step_size": 1, "seed": 0,
+                            "augment": False, "scheme": "standard"})
     plain, robust = linear_model(), linear_model()
     train_classifier(plain, data, cfg, torch.device("cpu"))
     step = AdversarialBatches(madry_pgd(), None, torch.Generator().manual_seed(0))

@@ -44,7 +44,7 @@ def compress(cfg: DictConfig) -> dict[str, float]:
         run.params(flatten(cfg))
         run.text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         trained = obtain_classifier(cfg.dataset, cfg.model, cfg.train, p.splits, p.cache, p.device)
-        key = cache_key({"classifier": trained.key, "limit": cfg.dataset.get("limit"),
+        key = cache_key({"classifier": trained.key, "limit": cfg.dataset.limit,
                          "compress": {k: v for k, v in OmegaConf.to_container(cfg.compress).items() if k != "latency"}})
         path = entry_path(p.cache, cfg.model.name, cfg.dataset.name, key)
         payload, hit = cached(path, key, lambda: _build_entry(p, settings, trained.model))

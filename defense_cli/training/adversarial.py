@@ -24,13 +24,6 @@ from defense_cli.attacks.bpda import DefendedClassifier
 from defense_cli.defenses import Defense, DefenseContext, build_defense
 
 
-def adversarial_configs(train_cfg: DictConfig) -> tuple[DictConfig, DictConfig | None] | None:
-    """(attack config, defense config or None) of adversarial training; None without it."""
-    if train_cfg.adversarial is None:
-        return None
-    return train_cfg.adversarial, train_cfg.adversarial_defense
-
-
 class AdversarialBatches:
     """Turns a clean training batch into the batch to train on: attack(x), or defense(attack(x))."""
 
@@ -48,14 +41,12 @@ class AdversarialBatches:
 
 
 def adversarial_batches(train_cfg: DictConfig, context: DefenseContext) -> AdversarialBatches | None:
-    """The batch transform of `train.adversarial` (None when it is `none`)."""
-    configs = adversarial_configs(train_cfg)
-    if configs is None:
+    """The batch transform of `train.adversarial` (None when it is null)."""
+    if train_cfg.adversarial is None:
         return None
-    attack_cfg, defense_cfg = configs
     defense = None
-    if defense_cfg is not None:
-        defense = build_defense(defense_cfg)
+    if train_cfg.adversarial_defense is not None:
+        defense = build_defense(train_cfg.adversarial_defense)
         defense.prepare(context)
     generator = torch.Generator(device=context.device).manual_seed(train_cfg.seed)
-    return AdversarialBatches(build_attack(attack_cfg), defense, generator)
+    return AdversarialBatches(build_attack(train_cfg.adversarial), defense, generator)
