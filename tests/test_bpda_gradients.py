@@ -114,7 +114,7 @@ def test_chain_of_named_steps_is_built_from_configs():
     chain = build_defense(compose(["defense=chain", "defense@defense.steps.second=jpeg",
                                    "defense.steps.second.quality=30"]).defense)
     assert [step.quality for step in chain.steps] == [75, 30]
-    with pytest.raises(HydraException, match="steps"):
+    with pytest.raises(HydraException, match="no_such_defense"):
         compose(["defense=chain", "defense@defense.steps.first=no_such_defense"])
     with pytest.raises((HydraException, ConfigKeyError), match="qualty"):
         compose(["defense=chain", "defense.steps.first.qualty=30"])
