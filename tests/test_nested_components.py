@@ -50,3 +50,12 @@ def test_chain_steps_are_composed_defenses_in_order():
     chain = build_defense(cfg.defense)
     assert [type(step).__name__ for step in chain.steps] == ["JPEG", "BitDepthReduction"]
     assert chain.steps[0].quality == 40
+
+
+def test_bpda_attack_is_refused_outside_the_white_box_threat_model():
+    from defense_cli.tasks.prepare import check_config
+
+    check_config(compose(["defense=jpeg", "attack=bpda"]))
+    with pytest.raises(ConfigError, match="threat_model=white_box"):
+        check_config(compose(["defense=jpeg", "attack=bpda", "threat_model=gray_box"]))
+    check_config(compose(["defense=jpeg", "attack=pgd7", "threat_model=gray_box"]))

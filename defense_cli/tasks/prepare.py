@@ -5,6 +5,7 @@ Everything that can be wrong with the user's input (config values, dataset files
 attack parameters) is checked here, before the MLflow run opens; from then on a failure marks the
 run FAILED.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,9 +76,8 @@ def check_config(cfg: DictConfig) -> None:
     validate(cfg)
     build_from_config(cfg.dataset, "dataset", Dataset)
     build_classifier(cfg.model, cfg.dataset)
-    build_defense(cfg.defense)
-    build_attack(cfg.attack)
     threat_model = build_threat_model(cfg.threat_model)
+    threat_model.check(build_attack(cfg.attack), build_defense(cfg.defense))
     if isinstance(threat_model, BlackBox):
         build_classifier(cfg.threat_model.source.model, cfg.dataset)
     if cfg.train.scheme == "repr":

@@ -1,4 +1,5 @@
 """The `run` task: data -> classifier -> defense -> threat model + attack -> metrics -> MLflow."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,13 +17,13 @@ from defense_cli.tasks.prepare import (Prepared, classifier, prepare, run_name, 
 from defense_cli.tracking import current_parent_run, flatten
 from defense_cli.validity import CheckReport, run_checks
 
+
 def run_experiment(cfg: DictConfig) -> dict[str, float]:
     """The `run` task. Returns the metrics it logged."""
     p = prepare(cfg)
     attack = build_attack(cfg.attack)
     defense = build_defense(cfg.defense)
     threat_model = build_threat_model(cfg.threat_model)
-    threat_model.check(attack, defense)  # a user error: raise before the MLflow run opens
     with p.tracker.run(run_name(cfg), run_tags(cfg, "run"), current_parent_run()) as run:
         run.params(flatten(cfg))
         run.text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")

@@ -1,9 +1,9 @@
 """The `train` task: train (or reuse) the classifier and report its test accuracy."""
+
 from __future__ import annotations
 
 import time
 
-import torch
 from omegaconf import DictConfig
 
 from defense_cli.results_table import print_table, results_table
