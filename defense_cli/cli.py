@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from defense_cli.config import GROUPS, compose, group_options
 from defense_cli.errors import ConfigError
-from defense_cli.report import console as report_console
+from defense_cli.results_table import console as report_console
 
 app = typer.Typer(
     add_completion=False,
@@ -76,13 +76,13 @@ def _allowed_keys(parent: str, args: list[str]) -> list[str]:
 
 
 def _run_task(cfg: DictConfig) -> None:
-    from defense_cli.experiment import run_experiment
+    from defense_cli.tasks.run import run_experiment
 
     run_experiment(cfg)
 
 
 def _train_task(cfg: DictConfig) -> None:
-    from defense_cli.experiment import train_only
+    from defense_cli.tasks.train import train_only
 
     train_only(cfg)
 
@@ -114,7 +114,7 @@ def train(ctx: typer.Context) -> None:
 
 
 def _compress_task(cfg: DictConfig) -> None:
-    from defense_cli.compression.command import compress
+    from defense_cli.tasks.compress import compress
 
     compress(cfg)
 
@@ -178,7 +178,7 @@ app.add_typer(bench_app, name="bench")
 def _bench_setup(device: str, cache: Optional[str]):
     from pathlib import Path
 
-    from defense_cli.experiment import cache_dir, resolve_device
+    from defense_cli.tasks.prepare import cache_dir, resolve_device
 
     try:
         dev = resolve_device(device)

@@ -17,6 +17,16 @@ from omegaconf import DictConfig, OmegaConf
 from defense_cli.errors import ConfigError
 
 CONFIG_NAME = "config"
+COMPRESS_CONFIG_NAME = "compress_config"
+
+
+def _divide(numerator: float, denominator: float) -> float:
+    """`${div:8,255}`: pixel-scale constants such as 8/255 written once, as the papers print them."""
+    return float(numerator) / float(denominator)
+
+
+if not OmegaConf.has_resolver("div"):
+    OmegaConf.register_new_resolver("div", _divide)
 GROUPS = ("dataset", "model", "train", "defense", "attack", "threat_model", "experiment", "compress")
 
 
@@ -57,11 +67,14 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = CONF
 
 
 def compose_group_option(group: str, option: str) -> DictConfig:
-    """The config node of one option of a group (e.g. the `jpeg` defense), read from its file."""
+    """One option of a group (e.g. the `jpeg` defense) as Hydra composes it into the run config
+    (its defaults list and nested options included), resolved, as a config of its own. For tests
+    and tools (it starts a Hydra composition: not callable from inside a running task)."""
     options = group_options(group)
     if option not in options:
         raise ConfigError(f"{group}={option!r} is unknown; allowed: {', '.join(options)}.")
-    return OmegaConf.load(conf_dir() / group / f"{option}.yaml")
+    root = compose([f"{group}={option}"], config_name=COMPRESS_CONFIG_NAME if group == "compress" else CONFIG_NAME)
+    return OmegaConf.create(OmegaConf.to_container(root[group], resolve=True))
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -81,10 +94,6 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _optional_positive_int(value: Any) -> bool:
-    return value is None or _positive_int(value)
-
-
 def _unit_interval(value: Any) -> bool:
     return _number(value) and 0 <= value <= 1
 
@@ -97,13 +106,13 @@ def _one_of(*allowed: Any) -> Rule:
     return rule
 
 
+#: Keys of the run itself and of classifier training, which no component constructor receives.
+#: Component parameters (dataset, model, defense, attack, threat model) are checked by their own
+#: constructors (`defense_cli.parameter_checks`), built once by `tasks.prepare.check_config`.
 _RULES: dict[str, tuple[Rule, str]] = {
     "seed": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     "eval_batch_size": (_positive_int, "an integer >= 1"),
     "num_samples_grid": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-    "dataset.limit": (_optional_positive_int, "null or an integer >= 1"),
-    "dataset.test_fraction": (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
-    "dataset.train_limit": (_optional_positive_int, "null or an integer >= 1"),
     "train.epochs": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     "train.batch_size": (_positive_int, "an integer >= 1"),
     "train.lr": (lambda v: _number(v) and v > 0, "a number > 0"),
@@ -120,21 +129,10 @@ _RULES: dict[str, tuple[Rule, str]] = {
     "train.repr.metric": (_one_of("ortho", "weight_norm", "random", "oracle"),
                           "one of ortho, weight_norm, random, oracle"),
     "train.repr.oracle_samples": (_positive_int, "an integer >= 1"),
-    "attack.eps": (lambda v: v is None or _nonneg(v),
-                   "a number >= 0 (pixel scale, e.g. 0.0313 for 8/255), or null (unbounded) for "
-                   "minimisation and decision-based attacks"),
-    "attack.steps": (_positive_int, "an integer >= 1"),
-    "attack.step_size": (lambda v: _number(v) and v > 0, "a number > 0 (pixel scale)"),
-    "attack.restarts": (_positive_int, "an integer >= 1"),
-    "attack.norm": (_one_of("linf", "l2"), "one of linf, l2"),
-    "threat_model.bpda": (_one_of("identity", "surrogate"), "one of identity, surrogate"),
-    "threat_model.eot_samples": (_positive_int, "an integer >= 1"),
-    "threat_model.n_draws": (_positive_int, "an integer >= 1"),
     "checks.strength.factor": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
     "checks.strength.n_images": (_positive_int, "an integer >= 1"),
     "checks.unbounded.n_images": (_positive_int, "an integer >= 1"),
     "checks.unbounded.max_accuracy": (_unit_interval, "a number in [0, 1]"),
-    "defense.quality": (lambda v: isinstance(v, int) and 1 <= v <= 100, "an integer in 1..100"),
 }
 
 
@@ -154,31 +152,25 @@ def validate(cfg: DictConfig) -> None:
     _validate_options(cfg)
 
 
-def _validate_options(cfg: DictConfig) -> None:
-    from defense_cli.models import list_architectures
+def option_names(group: str) -> list[str]:
+    """The `name` values of a group's option files (several files may share one, e.g. convnet)."""
+    return sorted({str(OmegaConf.load(conf_dir() / group / f"{option}.yaml").get("name"))
+                   for option in group_options(group)})
 
+
+def _validate_options(cfg: DictConfig) -> None:
     models = {"model.name": cfg.model.name,
               "threat_model.source.model.name": OmegaConf.select(cfg, "threat_model.source.model.name")}
     for key, name in models.items():
-        if name is not None and name not in list_architectures():
-            raise ConfigError(f"{key}={name!r} is unknown; allowed: {', '.join(list_architectures())}.")
-    if cfg.train.get("scheme", "standard") == "repr":
-        from defense_cli.training.repr import RePrSettings
-
-        try:
-            RePrSettings.from_config(cfg.train)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(str(err)) from err
-    allowed = group_options("defense")
-    for key in ("preprocess", "adversarial_defense"):
-        value = cfg.train.get(key, "none")
-        if value not in allowed:
-            raise ConfigError(f"train.{key}={value!r} is not a defense; allowed: {', '.join(allowed)}.")
-    adversarial = cfg.train.get("adversarial", "none")
-    attacks = group_options("attack")
-    if adversarial != "none" and adversarial not in attacks:
-        raise ConfigError(f"train.adversarial={adversarial!r} is not an attack; allowed: none, "
-                          f"{', '.join(a for a in attacks if a != 'none')}.")
+        if name is not None and name not in option_names("model"):
+            raise ConfigError(f"{key}={name!r} is unknown; pick a model with model=<option>; allowed names: "
+                              f"{', '.join(option_names('model'))}.")
+    for key, group in (("preprocess", "defense"), ("adversarial", "attack"), ("adversarial_defense", "defense")):
+        value = cfg.train[key]
+        if value is not None and not isinstance(value, DictConfig):
+            raise ConfigError(f"train.{key}={value!r} is not a {group} config: pick one with "
+                              f"{group}@train.{key}=<option> (allowed: {', '.join(group_options(group))}), "
+                              f"write train.{key}='${{{group}}}' for the run's own {group}, or leave it null.")
 
 
 _MISSING = object()

@@ -50,7 +50,7 @@ def _predict_defended(classifier: nn.Module, defense: Defense, images: torch.Ten
                       defended: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
     """Prediction on `defended` (defended here when None), or the majority vote over
     `defense.votes` fresh runs (Ens-10)."""
-    votes = getattr(defense, "votes", 1)
+    votes = defense.votes
     if votes > 1:
         from defense_cli.defenses.ensemble import majority_vote
 

@@ -21,12 +21,12 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from defense_cli.attacks import Attack, build_attack
-from defense_cli.attacks.threat_models import WhiteBoxSettings
+from defense_cli.attacks import Attack, ThreatModel, build_attack, build_threat_model
+from defense_cli.attacks.threat_models import WhiteBox
 from defense_cli.defenses import Defense
 
-#: (attack, white-box settings, n_images) -> robust accuracy of that attack on the first n test images
-SampleAttack = Callable[[Attack, WhiteBoxSettings, int], float]
+#: (attack, threat model, n_images) -> robust accuracy of that attack on the first n test images
+SampleAttack = Callable[[Attack, ThreatModel, int], float]
 
 
 def random_without_eot(defense: Defense, attack: Attack, threat_model: str, eot_samples: int) -> str | None:
@@ -91,13 +91,13 @@ def unbounded_attack_config(attack_cfg: DictConfig, n_pixels: int) -> DictConfig
         return None
     if attack_cfg.eps is None:
         return attack_cfg
-    eps = math.sqrt(n_pixels) if attack_cfg.get("norm", "linf") == "l2" else 1.0
+    eps = math.sqrt(n_pixels) if build_attack(attack_cfg).norm == "l2" else 1.0
     changes: dict[str, float | bool] = {"eps": eps}
     if "random_start" in attack_cfg:
         changes["random_start"] = False
     if "step_size" in attack_cfg:
         old = float(attack_cfg.eps)
-        steps = int(attack_cfg.get("steps", 1))
+        steps = int(attack_cfg.steps) if "steps" in attack_cfg else 1
         changes["step_size"] = float(attack_cfg.step_size) * eps / old if old > 0 else 2.5 * eps / steps
     return OmegaConf.merge(attack_cfg, changes)
 
@@ -130,45 +130,48 @@ def run_checks(cfg: DictConfig, defense: Defense, attack: Attack, robust_accurac
     re-attacks them; `other_runs()` finds the matching runs under the other threat models.
     """
     checks, tm = cfg.checks, cfg.threat_model
-    settings = WhiteBoxSettings(tm.get("bpda", "identity"), int(tm.get("eot_samples", 1)))
+    threat_model = build_threat_model(tm)
     report = CheckReport()
-    if checks.random_without_eot:
-        report.record("random_without_eot", random_without_eot(defense, attack, tm.name, settings.eot_samples))
+    if checks.random_without_eot and isinstance(threat_model, WhiteBox):
+        report.record("random_without_eot",
+                      random_without_eot(defense, attack, tm.name, threat_model.eot_samples))
+    elif checks.random_without_eot:
+        report.record("random_without_eot", None)
     if checks.transfer_stronger:
         report.record("transfer_stronger",
                       transfer_stronger(tm.name, robust_accuracy, other_runs(), checks.transfer_tolerance))
     if checks.strength.enabled:
-        _strength(report, cfg, defense, settings, sample_accuracy, sample_attack)
+        _strength(report, cfg, defense, threat_model, sample_accuracy, sample_attack)
     if checks.unbounded.enabled:
-        _unbounded(report, cfg, settings, sample_attack, n_pixels)
+        _unbounded(report, cfg, threat_model, sample_attack, n_pixels)
     return report
 
 
-def _strength(report: CheckReport, cfg: DictConfig, defense: Defense, settings: WhiteBoxSettings,
+def _strength(report: CheckReport, cfg: DictConfig, defense: Defense, threat_model: ThreatModel,
               sample_accuracy: Callable[[int], float], sample_attack: SampleAttack) -> None:
     spec = cfg.checks.strength
     stronger_cfg = stronger_attack_config(cfg.attack, spec.factor)
-    more_eot = cfg.threat_model.name == "white_box" and defense.randomized
+    more_eot = isinstance(threat_model, WhiteBox) and defense.randomized
     if stronger_cfg is None and not more_eot:
         report.skip("strength", f"attack {cfg.attack.name} has no steps and the defense is not random")
         return
     attack = build_attack(stronger_cfg if stronger_cfg is not None else cfg.attack)
-    stronger = WhiteBoxSettings(settings.bpda, settings.eot_samples * spec.factor if more_eot else settings.eot_samples)
+    stronger = threat_model.with_eot_samples(threat_model.eot_samples * spec.factor) if more_eot else threat_model
     what = " and ".join(part for part, used in ((f"{spec.factor}x steps", stronger_cfg is not None),
                                                   (f"{spec.factor}x EOT samples", more_eot)) if used)
     report.record("strength", strength_rises(sample_accuracy(spec.n_images),
                                              sample_attack(attack, stronger, spec.n_images), what, spec.tolerance))
 
 
-def _unbounded(report: CheckReport, cfg: DictConfig, settings: WhiteBoxSettings, sample_attack: SampleAttack,
+def _unbounded(report: CheckReport, cfg: DictConfig, threat_model: ThreatModel, sample_attack: SampleAttack,
                n_pixels: int) -> None:
     spec = cfg.checks.unbounded
-    if cfg.threat_model.name != "white_box":
+    if not isinstance(threat_model, WhiteBox):
         report.skip("unbounded", "only meaningful white-box (a transfer attack need not reach 0 %)")
         return
     unbounded_cfg = unbounded_attack_config(cfg.attack, n_pixels)
     if unbounded_cfg is None or not build_attack(cfg.attack).uses_gradients:
         report.skip("unbounded", f"attack {cfg.attack.name} has no eps or uses no gradients")
         return
-    accuracy = sample_attack(build_attack(unbounded_cfg), settings, spec.n_images)
+    accuracy = sample_attack(build_attack(unbounded_cfg), threat_model, spec.n_images)
     report.record("unbounded", unbounded_not_zero(accuracy, spec.max_accuracy))

@@ -59,7 +59,8 @@ def test_adversarial_batch_is_a_pgd_example_inside_the_eps_ball():
 def test_adversarial_training_lowers_the_adversarial_loss():
     data = toy_set()
     cfg = OmegaConf.create({"epochs": 3, "batch_size": 32, "optimizer": "sgd", "lr": 0.5, "momentum": 0.9,
-                            "weight_decay": 0.0, "schedule": "constant", "step_size": 1, "seed": 0})
+                            "weight_decay": 0.0, "schedule": "constant", "step_size": 1, "seed": 0,
+                            "augment": False, "scheme": "standard"})
     plain, robust = linear_model(), linear_model()
     train_classifier(plain, data, cfg, torch.device("cpu"))
     step = AdversarialBatches(madry_pgd(), None, torch.Generator().manual_seed(0))
@@ -85,13 +86,13 @@ def test_through_a_defense_the_model_trains_on_the_defended_adversarial_batch():
 
 
 def test_train_config_builds_madry_pgd_and_enters_the_cache_key():
-    cfg = compose(["train.adversarial=pgd", "train.adversarial_defense=jpeg"])
+    cfg = compose(["attack@train.adversarial=pgd7", "defense@train.adversarial_defense=jpeg"])
     step = adversarial_batches(cfg.train, DefenseContext())
     assert (step.attack.eps, step.attack.steps, step.attack.step_size) == (EPS, 7, 2 / 255)
     assert type(step.defense).__name__ == "JPEG"
     plain = compose()
     assert adversarial_batches(plain.train, DefenseContext()) is None
-    keys = {classifier_key(c.dataset, c.model, c.train, None) for c in
-            (plain, cfg, compose(["train.adversarial=pgd"]), compose(["train.adversarial=pgd",
-                                                                        "train.adversarial_attack.steps=10"]))}
+    keys = {classifier_key(c.dataset, c.model, c.train) for c in
+            (plain, cfg, compose(["attack@train.adversarial=pgd7"]),
+             compose(["attack@train.adversarial=pgd7", "train.adversarial.steps=10"]))}
     assert len(keys) == 4

@@ -13,7 +13,8 @@ from defense_cli.attacks.decision_attacks import Boundary, HopSkipJump
 from defense_cli.attacks.foolbox_attacks import BIM, FGSM, PGD
 from defense_cli.attacks.minimization_attacks import CarliniWagner, DeepFool
 from defense_cli.attacks.spsa import SPSA
-from defense_cli.config import compose, compose_group_option, group_options, validate
+from defense_cli.config import compose, compose_group_option, group_options
+from defense_cli.tasks.prepare import check_config
 from defense_cli.errors import ConfigError
 
 ATTACKS = sorted(group_options("attack"))
@@ -57,7 +58,7 @@ def test_attack_repeats_under_a_seed(name, batch):
 @pytest.mark.parametrize("name", ATTACKS)
 def test_attack_config_has_a_description_and_validates(name):
     assert group_options("attack")[name], f"conf/attack/{name}.yaml needs a first-line comment"
-    validate(compose([f"attack={name}"]))
+    check_config(compose([f"attack={name}"]))
     described = build_attack(compose_group_option("attack", name)).describe()
     if name != "none":
         assert "eps=" in described
@@ -77,21 +78,21 @@ def test_unbounded_minimisation_attack_reports_its_raw_perturbation(batch):
 
 
 def test_papers_settings_reach_the_attacks():
-    cw = build_attack(compose_group_option("attack", "001_cw"))
+    cw = build_attack(compose_group_option("attack", "splic_paper_cw"))
     assert (cw.confidence, cw.binary_search_steps, cw.learning_rate, cw.steps) == (20, 5, 0.005, 1000)
-    deepfool = build_attack(compose_group_option("attack", "000_ch3_deepfool"))
+    deepfool = build_attack(compose_group_option("attack", "zhao2020_ch3_deepfool"))
     assert (deepfool.steps, deepfool.overshoot) == (5, 0.02)
-    bim = build_attack(compose_group_option("attack", "000_ch3_bim"))
+    bim = build_attack(compose_group_option("attack", "zhao2020_ch3_bim"))
     assert (bim.steps, round(bim.eps * 255, 6), bim.random_start) == (10, 8, False)
-    bpda = build_attack(compose_group_option("attack", "000_ch3_bpda"))
+    bpda = build_attack(compose_group_option("attack", "zhao2020_ch3_bpda"))
     assert (bpda.steps, round(bpda.eps * 255, 6)) == (10, 2)
-    assert build_attack(compose_group_option("attack", "000_ch3_bpda_nl2")).loss == "nl2"
-    for name, steps in (("001_pgd", 7), ("001_bpda", 7), ("bpda", 7), ("003_pgd7", 7), ("003_pgd20", 20),
-                        ("003_pgd40", 40), ("003_bpda1000", 1000)):
+    assert build_attack(compose_group_option("attack", "zhao2020_ch3_bpda_nl2")).loss == "nl2"
+    for name, steps in (("splic_paper_pgd", 7), ("splic_paper_bpda", 7), ("bpda", 7), ("pgd7", 7), ("yang2019menet_pgd7", 7), ("yang2019menet_pgd20", 20),
+                        ("yang2019menet_pgd40", 40), ("yang2019menet_bpda1000", 1000)):
         pgd = build_attack(compose_group_option("attack", name))
         assert (pgd.steps, round(pgd.eps * 255, 6), round(pgd.step_size * 255, 6)) == (steps, 8, 2), name
-    assert build_attack(compose_group_option("attack", "003_boundary")).steps == 1000
-    assert build_attack(compose_group_option("attack", "003_spsa")).samples == 2048
+    assert build_attack(compose_group_option("attack", "yang2019menet_boundary")).steps == 1000
+    assert build_attack(compose_group_option("attack", "yang2019menet_spsa")).samples == 2048
 
 
 @pytest.mark.parametrize("make, parameter", [
@@ -134,4 +135,4 @@ def test_bad_value_in_a_config_is_a_config_error():
     with pytest.raises(ConfigError, match="samples"):
         build_attack(cfg)
     with pytest.raises(ConfigError, match="attack.eps"):
-        validate(compose(["attack=pgd", "attack.eps=-1"]))
+        check_config(compose(["attack=pgd", "attack.eps=-1"]))

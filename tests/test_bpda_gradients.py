@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from defense_cli.attacks.bpda import DefendedClassifier, HighestLossIterate, bpda
-from defense_cli.attacks.threat_models import WhiteBoxSettings, attack_target
+from defense_cli.attacks.threat_models import WhiteBox
 from defense_cli.attacks.base import NoAttack
 from defense_cli.defenses.base import Defense
 from defense_cli.defenses.chain import Chain
@@ -89,8 +89,8 @@ def test_surrogate_gradient_differentiates_the_surrogate():
 
 def test_surrogate_mode_needs_a_defense_with_a_surrogate():
     with pytest.raises(ConfigError, match="surrogate"):
-        attack_target("white_box", NoAttack(), tiny_model(), Square(with_surrogate=False),
-                      white_box=WhiteBoxSettings(bpda="surrogate"))
+        WhiteBox(bpda="surrogate", eot_samples=1, n_draws=1).target(NoAttack(), tiny_model(),
+                                                                    Square(with_surrogate=False))
 
 
 def test_chain_forward_and_each_step_differentiated_at_its_own_input():
@@ -105,12 +105,21 @@ def test_chain_forward_and_each_step_differentiated_at_its_own_input():
 
 
 def test_chain_of_named_steps_is_built_from_configs():
-    chain = Chain(["jpeg", {"name": "jpeg", "quality": 30}])
+    from hydra.errors import HydraException
+    from omegaconf.errors import ConfigKeyError
+
+    from defense_cli.config import compose
+    from defense_cli.defenses import build_defense
+
+    chain = build_defense(compose(["defense=chain", "defense@defense.steps.second=jpeg",
+                                   "defense.steps.second.quality=30"]).defense)
     assert [step.quality for step in chain.steps] == [75, 30]
+    with pytest.raises(HydraException, match="no_such_defense"):
+        compose(["defense=chain", "defense@defense.steps.first=no_such_defense"])
+    with pytest.raises((HydraException, ConfigKeyError), match="qualty"):
+        compose(["defense=chain", "defense.steps.first.qualty=30"])
     with pytest.raises(ValueError, match="steps"):
-        Chain(["no_such_defense"])
-    with pytest.raises(ValueError, match="no parameter"):
-        Chain([{"name": "jpeg", "qualty": 30}])
+        Chain(["jpeg"])
 
 
 def test_chain_is_random_when_a_step_is():
@@ -129,9 +138,9 @@ def test_eot_gradient_is_the_mean_of_the_per_draw_gradients():
 
 
 def test_white_box_uses_eot_only_for_random_defenses():
-    settings = WhiteBoxSettings(eot_samples=6)
-    random_target = attack_target("white_box", NoAttack(), tiny_model(), AddNoise(), white_box=settings)
-    fixed_target = attack_target("white_box", NoAttack(), tiny_model(), JPEG(75), white_box=settings)
+    white_box = WhiteBox(bpda="identity", eot_samples=6, n_draws=1)
+    random_target = white_box.target(NoAttack(), tiny_model(), AddNoise())
+    fixed_target = white_box.target(NoAttack(), tiny_model(), JPEG(75))
     assert (random_target.eot_samples, fixed_target.eot_samples) == (6, 1)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from defense_cli.training.cache import cache_key, cached, load_verified, save_atomic
+from defense_cli.artifact_cache import cache_key, cached, load_verified, save_atomic
 
 
 def test_key_depends_on_every_part_and_is_order_free():

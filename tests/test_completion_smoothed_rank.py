@@ -102,7 +102,7 @@ def _image_and_anchors(name: str = "astronaut"):
 def test_splic_objective_does_not_increase_on_a_real_image_and_anchors_are_kept():
     """Holds on this image; on others (e.g. skimage's chelsea) eq. 4.5 rises by up to ~1e-2 (of
     F ~ 10) in the 4th delta stage, also with lambda = 0: the rank-cap truncation followed by the
-    anchor projection is not a descent step for eq. 4.5 (see docs/issue3-completion.md)."""
+    anchor projection is not a descent step for eq. 4.5 (see docs/defenses/matrix-completion.md)."""
     image, anchors = _image_and_anchors()
     final, increases = _stage_objectives(image, anchors, CompletionSettings())
     assert max(increases) <= 1e-9

@@ -9,6 +9,7 @@ from defense_cli.attacks import build_attack
 from defense_cli.config import GROUPS, compose, conf_dir, group_options, validate
 from defense_cli.defenses import build_defense
 from defense_cli.errors import ConfigError
+from defense_cli.tasks.prepare import check_config
 
 GROUP_OPTIONS = [(group, option) for group in GROUPS if (conf_dir() / group).is_dir()
                  for option in group_options(group)]
@@ -53,19 +54,19 @@ def test_defaults_are_the_documented_ones():
 def test_bad_values_are_refused_with_the_key_named(override, named):
     cfg = compose([override])
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
-        validate(cfg)
+        check_config(cfg)
 
 
 def test_black_box_source_model_is_checked_before_any_run():
-    validate(compose(["threat_model=black_box"]))
+    check_config(compose(["threat_model=black_box"]))
     with pytest.raises(ConfigError, match=r"threat_model\.source\.model\.name"):
-        validate(compose(["threat_model=black_box", "threat_model.source.model.name=alexnet"]))
+        check_config(compose(["threat_model=black_box", "threat_model.source.model.name=alexnet"]))
 
 
 def test_missing_mandatory_value_is_named():
     cfg = compose(["dataset=image_folder"])
     with pytest.raises(ConfigError, match="dataset.root"):
-        validate(cfg)
+        check_config(cfg)
 
 
 def test_unknown_group_is_refused():

@@ -17,7 +17,7 @@ def tiny_cnn(channels: int = 3) -> nn.Module:
     dataset = OmegaConf.create({"channels": channels, "num_classes": 10, "mean": [0.5] * channels,
                                 "std": [0.25] * channels})
     torch.manual_seed(0)
-    return build_classifier(OmegaConf.create({"name": "small_cnn", "width": 4}), dataset).eval()
+    return build_classifier(OmegaConf.create({"name": "small_cnn", "_target_": "defense_cli.models.architectures.small_cnn", "width": 4}), dataset).eval()
 
 
 def images(batch: int = 2, channels: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:

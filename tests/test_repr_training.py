@@ -5,7 +5,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from defense_cli.config import compose, validate
+from defense_cli.config import compose
+from defense_cli.tasks.prepare import check_config
 from defense_cli.data import ImageSet
 from defense_cli.errors import ConfigError
 from defense_cli.models.vanilla import convnet
@@ -36,12 +37,12 @@ def test_bad_settings_name_the_value(field, value):
 ])
 def test_config_validation_rejects_bad_repr_values(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate(compose(["train=repr", override]))
+        check_config(compose(["train=repr", override]))
 
 
 def test_repr_config_composes_with_paper_defaults():
     cfg = compose(["train=repr", "model=convnet"])
-    validate(cfg)
+    check_config(cfg)
     assert cfg.train.scheme == "repr"
     assert OmegaConf.to_container(cfg.train.repr) == {"s1": 20, "s2": 10, "n": 3, "p": 0.3, "metric": "ortho",
                                                       "oracle_samples": 1000}
@@ -119,7 +120,7 @@ def test_standard_scheme_adds_no_repr_hooks():
 @pytest.mark.parametrize("train", ["default", "repr"])
 def test_repr_experiment_config_composes_for_both_schemes(train):
     cfg = compose(["experiment=repr_mnist5k", f"train={train}"])
-    validate(cfg)
+    check_config(cfg)
     assert cfg.model.name == "convnet" and cfg.train.epochs == 50
     assert cfg.train.scheme == ("repr" if train == "repr" else "standard")
 

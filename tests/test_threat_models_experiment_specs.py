@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from defense_cli.config import compose, conf_dir, group_options, validate
+from defense_cli.config import compose, conf_dir, group_options
+from defense_cli.tasks.prepare import check_config
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.yaml"))
 EXPERIMENTS = sorted(group_options("experiment"))
@@ -37,12 +38,12 @@ def test_spec_is_one_threat_model_and_its_runs_compose(path: Path):
         assert not any(o.startswith("threat_model=") and o != f"threat_model={spec['threat_model']}"
                        for o in overrides)
         cfg = compose(overrides)
-        validate(cfg)
+        check_config(cfg)
         assert cfg.threat_model.name == spec["threat_model"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_config_composes_and_validates(name: str):
     cfg = compose([f"experiment={name}"])
-    validate(cfg)
+    check_config(cfg)
     assert (conf_dir() / "experiment" / f"{name}.yaml").read_text().startswith("# @package _global_")

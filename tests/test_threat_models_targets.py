@@ -9,7 +9,7 @@ from torch import nn
 
 from defense_cli.attacks.base import Attack
 from defense_cli.attacks.foolbox_attacks import PGD
-from defense_cli.attacks.threat_models import WhiteBoxSettings, attack_target, run_attack
+from defense_cli.attacks.threat_models import BlackBox, GrayBox, WhiteBox, run_attack
 from defense_cli.defenses.base import Defense
 from defense_cli.defenses.jpeg import JPEG
 from defense_cli.evaluation import evaluate
@@ -62,10 +62,17 @@ def small_pgd() -> PGD:
     return PGD(eps=0.1, steps=2, step_size=0.05)
 
 
-def attack_with(threat_model: str, attack: Attack, defense: CountingDefense, settings=WhiteBoxSettings()):
+def threat(name: str, eot_samples: int = 1):
+    """The threat model objects the configs build, with one draw (and `eot_samples` white-box)."""
+    return {"white_box": WhiteBox(bpda="identity", eot_samples=eot_samples, n_draws=1),
+            "gray_box": GrayBox(n_draws=1),
+            "black_box": BlackBox(source={"model": {"_target_": "unused"}, "train_seed": 1}, n_draws=1)}[name]
+
+
+def attack_with(threat_model: str, attack: Attack, defense: CountingDefense, eot_samples: int = 1):
     classifier, source = CountingClassifier(0), CountingClassifier(1)
     images, labels = batch()
-    target = attack_target(threat_model, attack, classifier, defense, lambda: source, white_box=settings)
+    target = threat(threat_model, eot_samples).target(attack, classifier, defense, lambda: source)
     run_attack(attack, target, images, labels, torch.Generator().manual_seed(0))
     return classifier, source
 
@@ -78,8 +85,8 @@ def test_white_box_attacks_the_defended_classifier():
 
 def test_white_box_draws_a_random_defense_eot_samples_times_per_call():
     fixed, random = CountingDefense(), CountingDefense(randomized=True)
-    attack_with("white_box", small_pgd(), fixed, WhiteBoxSettings(eot_samples=3))
-    attack_with("white_box", small_pgd(), random, WhiteBoxSettings(eot_samples=3))
+    attack_with("white_box", small_pgd(), fixed, eot_samples=3)
+    attack_with("white_box", small_pgd(), random, eot_samples=3)
     assert random.calls == 3 * (fixed.calls + 4)   # + the final iterate, scored by the highest-loss keeper
 
 
@@ -130,7 +137,7 @@ def test_white_box_bpda_pgd_beats_gray_box_pgd_against_jpeg(digits_mlp):
     accuracy = {}
     for threat_model in ("white_box", "gray_box"):
         generator = torch.Generator().manual_seed(0)
-        target = attack_target(threat_model, attack, model, defense, None, generator)
+        target = threat(threat_model).target(attack, model, defense, None, generator)
         metrics = summarize(evaluate(model, defense, attack, target, test, 200, torch.device("cpu"), generator, 0))
         accuracy[threat_model] = metrics["robust_accuracy"]
     assert metrics["defended_clean_accuracy"] > 0.85

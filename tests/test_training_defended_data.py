@@ -41,9 +41,10 @@ def test_defended_set_is_the_defense_of_every_training_image_and_is_cached(tiny,
 
 def test_a_defense_that_needs_a_classifier_gets_the_clean_model_when_training(tiny, tmp_path):
     dataset_cfg, splits = tiny
-    model_cfg = OmegaConf.create({"name": "small_cnn", "width": 4})
+    model_cfg = OmegaConf.merge(compose_group_option("model", "small_cnn"), {"width": 4})
     preprocess = compose_group_option("defense", "semantic_jpeg")
-    trained = obtain_classifier(dataset_cfg, model_cfg, _train_cfg(), splits, tmp_path, CPU, preprocess)
+    trained = obtain_classifier(dataset_cfg, model_cfg, OmegaConf.merge(_train_cfg(), {"preprocess": preprocess}),
+                                splits, tmp_path, CPU)
     clean = obtain_classifier(dataset_cfg, model_cfg, _train_cfg(), splits, tmp_path, CPU)
     assert clean.cache_hit and clean.key != trained.key   # the clean model was trained first, for the CAMs
     assert len(list((tmp_path / "models").glob("*.pt"))) == 2
@@ -83,8 +84,9 @@ def test_adversarial_batches_defend_with_the_model_in_eval_mode():
 
 def test_adversarial_training_through_a_cam_defense_trains(tiny, tmp_path):
     dataset_cfg, splits = tiny
-    model_cfg = OmegaConf.create({"name": "small_cnn", "width": 4})
-    train_cfg = OmegaConf.merge(_train_cfg(), {"adversarial": "pgd", "adversarial_attack": {"steps": 1},
-                                               "adversarial_defense": "semantic_jpeg"})
+    model_cfg = OmegaConf.merge(compose_group_option("model", "small_cnn"), {"width": 4})
+    train_cfg = OmegaConf.merge(_train_cfg(), {"adversarial": OmegaConf.merge(compose_group_option("attack", "pgd7"),
+                                                                              {"steps": 1}),
+                                               "adversarial_defense": compose_group_option("defense", "semantic_jpeg")})
     trained = obtain_classifier(dataset_cfg, model_cfg, train_cfg, splits, tmp_path, CPU)
     assert not trained.cache_hit and 0 <= trained.train_accuracy <= 1

@@ -21,7 +21,7 @@ class NoisyDefense(Defense):
 
 @pytest.mark.slow  # one MLflow store (SQLite migrations) and a 16-image run of an untrained model
 def test_a_random_defense_without_eot_is_flagged_and_its_draws_are_logged(tmp_path, capsys):
-    from defense_cli.experiment import run_experiment
+    from defense_cli.tasks.run import run_experiment
     from defense_cli.tracking import Tracker
 
     cfg = compose([f"paths.home={tmp_path}", "train.epochs=0", "dataset.limit=16", "attack.steps=2",

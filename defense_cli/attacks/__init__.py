@@ -2,6 +2,6 @@
 
 from defense_cli.attacks.base import Attack, AttackResult
 from defense_cli.attacks.factory import build_attack
-from defense_cli.attacks.threat_models import THREAT_MODELS, attack_target
+from defense_cli.attacks.threat_models import ThreatModel, build_threat_model
 
-__all__ = ["THREAT_MODELS", "Attack", "AttackResult", "attack_target", "build_attack"]
+__all__ = ["Attack", "AttackResult", "ThreatModel", "build_attack", "build_threat_model"]

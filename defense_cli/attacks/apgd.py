@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from defense_cli.attacks.base import Attack
-from defense_cli.attacks.checks import check_choice, check_eps, check_norm, check_positive_int, eps_text
+from defense_cli.attacks.base import eps_text
+from defense_cli.parameter_checks import check_choice, check_eps, check_norm, check_positive_int
 from defense_cli.attacks.projection import l2_norms, project, random_start
 
 APGD_LOSSES = ("ce", "dlr")

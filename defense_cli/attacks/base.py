@@ -30,6 +30,9 @@ class Attack(ABC):
     """Base class of attacks. Perturbations are in [0, 1] pixel scale."""
 
     uses_gradients: ClassVar[bool] = True
+    #: True when the attack is defined by differentiating through the defense (BPDA-PGD): only a
+    #: white-box threat model can run it, the others refuse it.
+    white_box_only: ClassVar[bool] = False
     norm: str = "linf"
     eps: float | None = 0.0     # None: unbounded (minimisation attacks report the raw perturbation)
 
@@ -90,3 +93,8 @@ def seeded_rng(generator: torch.Generator | None) -> int:
     if generator is None:
         return int(torch.randint(0, 2**31 - 1, (1,)).item())
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item())
+
+
+def eps_text(eps: float | None) -> str:
+    """eps for describe(): 'unbounded' for None."""
+    return "unbounded" if eps is None else f"{eps:.4g}"

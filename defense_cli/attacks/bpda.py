@@ -29,10 +29,9 @@ BALL_TOLERANCE = 1e-5
 
 def defense_steps(defense: Defense) -> list[Defense]:
     """The defenses applied in order: a chain's steps (nested chains flattened), or the defense."""
-    steps = getattr(defense, "steps", None)
-    if not isinstance(steps, (list, tuple)):
+    if not defense.steps:
         return [defense]
-    return [leaf for step in steps for leaf in defense_steps(step)]
+    return [leaf for step in defense.steps for leaf in defense_steps(step)]
 
 
 def _bpda_step(step: Defense, images: torch.Tensor, generator: torch.Generator | None, mode: str) -> torch.Tensor:

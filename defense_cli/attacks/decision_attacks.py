@@ -14,7 +14,8 @@ import warnings
 import foolbox as fb
 import torch
 
-from defense_cli.attacks.checks import check_eps, check_norm, check_positive, check_positive_int, eps_text
+from defense_cli.attacks.base import eps_text
+from defense_cli.parameter_checks import check_eps, check_norm, check_positive, check_positive_int
 from defense_cli.attacks.foolbox_attacks import FoolboxMinimizationAttack
 
 

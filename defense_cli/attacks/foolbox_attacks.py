@@ -17,16 +17,9 @@ import foolbox as fb
 import torch
 from torch import nn
 
-from defense_cli.attacks.base import Attack, seeded_rng
-from defense_cli.attacks.checks import (
-    check_choice,
-    check_eps,
-    check_nonnegative,
-    check_norm,
-    check_positive,
-    check_positive_int,
-    eps_text,
-)
+from defense_cli.attacks.base import Attack, eps_text, seeded_rng
+from defense_cli.parameter_checks import (check_choice, check_eps, check_nonnegative, check_norm, check_positive,
+                                         check_positive_int)
 
 PGD_LOSSES = ("ce", "nl2")
 
@@ -191,3 +184,12 @@ class BIM(PGD):
     def __init__(self, eps: float = 8 / 255, steps: int = 10, step_size: float = 2 / 255,
                  norm: str = "linf") -> None:
         super().__init__(eps=eps, steps=steps, step_size=step_size, norm=norm, random_start=False, restarts=1)
+
+
+class BPDAPGD(PGD):
+    """BPDA-PGD (Athalye et al. 2018, section 4.1, with Madry et al.'s PGD): PGD whose gradients
+    pass through the defense by BPDA. The BPDA itself is done by the white-box threat model
+    (`WhiteBox.target`); this class is PGD that refuses any other threat model, so that
+    `attack=bpda` never names a run that did not differentiate through the defense."""
+
+    white_box_only = True

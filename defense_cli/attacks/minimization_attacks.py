@@ -11,15 +11,9 @@ from __future__ import annotations
 
 import foolbox as fb
 
-from defense_cli.attacks.checks import (
-    check_choice,
-    check_eps,
-    check_nonnegative,
-    check_norm,
-    check_positive,
-    check_positive_int,
-    eps_text,
-)
+from defense_cli.attacks.base import eps_text
+from defense_cli.parameter_checks import (check_choice, check_eps, check_nonnegative, check_norm, check_positive,
+                                         check_positive_int)
 from defense_cli.attacks.foolbox_attacks import FoolboxMinimizationAttack
 
 DEEPFOOL_LOSSES = ("logits", "crossentropy")

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from defense_cli.attacks.base import Attack
-from defense_cli.attacks.checks import check_eps, check_norm, check_positive, check_positive_int, eps_text
+from defense_cli.attacks.base import eps_text
+from defense_cli.parameter_checks import check_eps, check_norm, check_positive, check_positive_int
 from defense_cli.attacks.projection import draw, project
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]   # (B, ...) images -> (B,) losses

@@ -14,7 +14,7 @@ from torch import nn
 from defense_cli.attacks.foolbox_attacks import PGD
 from defense_cli.bench.timing import timed_alternately
 from defense_cli.config import compose_group_option
-from defense_cli.models.registry import build_classifier
+from defense_cli.models import build_classifier
 
 # model option -> dataset option whose input shape and normalisation it is timed on
 BENCH_SETUPS = {"small_cnn": "mnist5k", "resnet18": "cifar10"}

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from defense_cli.compression.cost import count_flops, median_latency, parameter_count
 from defense_cli.compression.decompose import data_free_lowrank
+from defense_cli.config import compose_group_option
 from defense_cli.models import build_classifier
 
 CIFAR = OmegaConf.create({"name": "cifar10", "channels": 3, "num_classes": 10, "mean": [0.5] * 3, "std": [0.25] * 3})
@@ -37,7 +38,7 @@ def bench_compression(ranks: list[float], device: torch.device, batch_size: int,
                       warmup: int) -> list[CompressionBenchRow]:
     """One row per rank (1.0 = the original model): cost, median latency per image, and speed-ups."""
     torch.manual_seed(0)
-    original = build_classifier(OmegaConf.create({"name": "vgg16_bn"}), CIFAR).to(device).eval()
+    original = build_classifier(compose_group_option("model", "vgg16_bn"), CIFAR).to(device).eval()
     shape = (batch_size, 3, 32, 32)
     rows, base = [], None
     for rank in ranks:

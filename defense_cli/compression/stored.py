@@ -1,8 +1,10 @@
-"""Compressed models in the model cache, and the `compressed` architecture that loads them.
+"""Compressed models in the model cache, and the checkpoint loader `model=compressed` names.
 
 A cache entry holds the base model config, the replaced layers (`LayerSpec`s) and the backbone's
-weights. `model=compressed model.entry=<file>` rebuilds the base backbone, applies the structure
-and loads the weights; the backbone is marked `pretrained`, so `run` uses it without training it.
+weights. `model=compressed model.entry=<file>` is not an architecture of its own: its `_target_`
+is `compressed_backbone`, which rebuilds the base backbone through the classifier factory, applies
+the structure and loads the weights; the backbone is marked `pretrained`, so `run` uses it
+without training it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from pathlib import Path
 from torch import nn
 
 from defense_cli.errors import ConfigError
-from defense_cli.training.cache import load_verified
+from defense_cli.artifact_cache import load_verified
 
-ARCHITECTURE = "compressed"
+ENTRY_PREFIX = "compressed"
 
 
 def entry_path(cache_dir: Path, base_model: str, dataset: str, key: str) -> Path:
-    return cache_dir / "models" / f"{ARCHITECTURE}-{base_model}-{dataset}-{key}.pt"
+    return cache_dir / "models" / f"{ENTRY_PREFIX}-{base_model}-{dataset}-{key}.pt"
 
 
 def compressed_backbone(in_channels: int, num_classes: int, entry: str) -> nn.Module:

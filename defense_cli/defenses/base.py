@@ -13,7 +13,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import torch
 
@@ -33,7 +33,6 @@ class DefenseContext:
     cache_dir: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Defense(ABC):
@@ -45,6 +44,10 @@ class Defense(ABC):
     needs_classifier: ClassVar[bool] = False
     #: True when `prepare` needs `context.train_set` (STL dictionaries, quilting patches).
     needs_train_set: ClassVar[bool] = False
+    #: The defenses a composite applies in order (a chain's steps); empty for a single defense.
+    steps: Sequence[Defense] = ()
+    #: Stochastic runs a majority vote takes when scoring (Ens-10 of pixel deflection); 1: no vote.
+    votes: int = 1
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         check_images(images)

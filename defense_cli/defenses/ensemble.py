@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from defense_cli.defenses.base import Defense
-from defense_cli.defenses.parameter_checks import check_int
+from defense_cli.parameter_checks import check_int
 
 
 def vote_scores(classifier: nn.Module, defense: Defense, images: torch.Tensor, runs: int,

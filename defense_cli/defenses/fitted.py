@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from defense_cli.defenses.base import DefenseContext
-from defense_cli.training.cache import cache_key, cached
+from defense_cli.artifact_cache import cache_key, cached
 
 
 def training_images(context: DefenseContext, limit: int, owner: str) -> torch.Tensor:

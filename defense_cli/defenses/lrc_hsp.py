@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from defense_cli.defenses.base import Defense, DefenseContext
-from defense_cli.defenses.parameter_checks import check_int
+from defense_cli.parameter_checks import check_int
 from defense_cli.defenses.rlkc import RLKCParams, rlkc
 from defense_cli.defenses.tv import fgp_denoise
 

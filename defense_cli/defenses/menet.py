@@ -24,7 +24,7 @@ import torch
 from defense_cli.defenses.base import Defense, check_images
 from defense_cli.defenses.image_matrices import CHANNEL_MODES, to_images, to_matrices
 from defense_cli.defenses.matrix_estimation import nuclear_norm, soft_impute, usvt
-from defense_cli.defenses.parameter_checks import check_choice, check_int, check_probability, check_real
+from defense_cli.parameter_checks import check_choice, check_int, check_probability, check_real
 from defense_cli.defenses.random_masks import bernoulli_mask, generator_for
 
 METHODS = ("usvt", "softimpute", "nuclear")

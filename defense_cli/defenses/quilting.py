@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from defense_cli.defenses.base import Defense, DefenseContext
 from defense_cli.defenses.fitted import fit_once, random_patches, training_images
-from defense_cli.defenses.parameter_checks import check_int
+from defense_cli.parameter_checks import check_int
 
 QUERY_CHUNK = 512  # tiles searched per distance matrix (bounds memory: chunk x database floats)
 

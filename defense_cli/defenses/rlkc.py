@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from defense_cli.defenses.cpu_threads import map_over_threads
-from defense_cli.defenses.parameter_checks import check_int
+from defense_cli.parameter_checks import check_int
 from defense_cli.defenses.tv import fgp_denoise
 
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from defense_cli.defenses.base import Defense, DefenseContext
 from defense_cli.defenses.cpu_threads import map_in_cache_sized_chunks
 from defense_cli.defenses.jpeg import jpeg_roundtrip
-from defense_cli.defenses.parameter_checks import check_int
+from defense_cli.parameter_checks import check_int
 from defense_cli.models.inference_features import inference_features
 
 BLOCK = 8

@@ -38,7 +38,7 @@ import torch
 
 from defense_cli.defenses.base import Defense
 from defense_cli.defenses.image_matrices import CHANNEL_MODES, to_images, to_matrices
-from defense_cli.defenses.parameter_checks import check_choice, check_int, check_real
+from defense_cli.parameter_checks import check_choice, check_int, check_real
 from defense_cli.defenses.random_masks import exact_fraction_mask, generator_for
 from defense_cli.defenses.smoothed_rank import TV_GRADIENTS, CompletionSettings, alternated_complete, complete
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from defense_cli.defenses.base import Defense
-from defense_cli.defenses.parameter_checks import check_int
+from defense_cli.parameter_checks import check_int
 
 
 def reduce_bit_depth(images: torch.Tensor, bits: int) -> torch.Tensor:

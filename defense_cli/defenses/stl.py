@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from defense_cli.defenses.base import Defense, DefenseContext
 from defense_cli.defenses.fitted import fit_once, random_patches, training_images
-from defense_cli.defenses.parameter_checks import check_int
+from defense_cli.parameter_checks import check_int
 from defense_cli.defenses.sparse_coding import (
     learn_dictionary, normalise_filters, spectral_dictionary, sparse_reconstruction, tikhonov_split)
 from defense_cli.defenses.stratify import DenoisingAutoencoder, kmeans, knn_vote, train_dae

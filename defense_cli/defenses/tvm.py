@@ -21,7 +21,7 @@ import math
 import torch
 
 from defense_cli.defenses.base import Defense
-from defense_cli.defenses.parameter_checks import check_int
+from defense_cli.parameter_checks import check_int
 from defense_cli.defenses.tv import operator_l, operator_lt, project_dual_, total_variation
 
 #: ||L||^2 <= 8 for the discrete gradient (Beck and Teboulle, Lemma 4.2); tau * sigma * 8 = 1.

@@ -1,12 +1,13 @@
 """Adversarial training (Madry et al. 2018), optionally through a preprocessing defense (ME-Net).
 
-`train.adversarial=<attack option>` replaces every training batch by that attack's adversarial
-examples against the model being trained, with `train.adversarial_attack` overriding the attack's
-config (the defaults are Madry et al.'s PGD-7: eps 8/255, step 2/255, random start). The model is
-put in eval mode while the attack runs (batch-norm statistics are not updated by the attack's
-forward passes) and back in train mode for the update.
+`train.adversarial` (an attack config composed by Hydra: `attack@train.adversarial=pgd7` is Madry
+et al.'s PGD-7, eps 8/255, step 2/255, random start; `train.adversarial.steps=10` changes it)
+replaces every training batch by that attack's adversarial examples against the model being
+trained. The model is put in eval mode while the attack runs (batch-norm statistics are not
+updated by the attack's forward passes) and back in train mode for the update.
 
-`train.adversarial_defense=<defense option>` is ME-Net's "prep. + adv. train"
+`train.adversarial_defense` (a defense config, `defense@train.adversarial_defense=<option>`) is
+ME-Net's "prep. + adv. train"
 (`003_b8a380e28ee315f5.txt`, section 3.3 and Table 4): the attack runs against
 classifier(BPDA(defense(x))) (identity backward pass) and the model trains on defense(x_adv).
 A defense that needs a classifier (R-CAM, Aug-MSROI saliency) uses the model being trained.
@@ -14,38 +15,13 @@ A defense that needs a classifier (R-CAM, Aug-MSROI saliency) uses the model bei
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from defense_cli.attacks import Attack, build_attack
 from defense_cli.attacks.bpda import DefendedClassifier
 from defense_cli.defenses import Defense, DefenseContext, build_defense
-
-
-def adversarial_configs(train_cfg: DictConfig) -> tuple[DictConfig, DictConfig | None] | None:
-    """(attack config with the training overrides, defense config or None); None without adv. training."""
-    from defense_cli.config import compose_group_option
-
-    name = train_cfg.get("adversarial", "none")
-    if name == "none":
-        return None
-    attack_cfg = OmegaConf.merge(compose_group_option("attack", name), train_cfg.get("adversarial_attack") or {})
-    defense_name = train_cfg.get("adversarial_defense", "none")
-    defense_cfg = None if defense_name == "none" else compose_group_option("defense", defense_name)
-    return attack_cfg, defense_cfg
-
-
-def adversarial_key_part(train_cfg: DictConfig) -> dict[str, Any] | None:
-    """The resolved attack and defense configs, for the classifier cache key (None: not adversarial)."""
-    configs = adversarial_configs(train_cfg)
-    if configs is None:
-        return None
-    attack_cfg, defense_cfg = configs
-    return {"attack": OmegaConf.to_container(attack_cfg, resolve=True),
-            "defense": "none" if defense_cfg is None else OmegaConf.to_container(defense_cfg, resolve=True)}
 
 
 class AdversarialBatches:
@@ -65,14 +41,12 @@ class AdversarialBatches:
 
 
 def adversarial_batches(train_cfg: DictConfig, context: DefenseContext) -> AdversarialBatches | None:
-    """The batch transform of `train.adversarial` (None when it is `none`)."""
-    configs = adversarial_configs(train_cfg)
-    if configs is None:
+    """The batch transform of `train.adversarial` (None when it is null)."""
+    if train_cfg.adversarial is None:
         return None
-    attack_cfg, defense_cfg = configs
     defense = None
-    if defense_cfg is not None:
-        defense = build_defense(defense_cfg)
+    if train_cfg.adversarial_defense is not None:
+        defense = build_defense(train_cfg.adversarial_defense)
         defense.prepare(context)
     generator = torch.Generator(device=context.device).manual_seed(train_cfg.seed)
-    return AdversarialBatches(build_attack(attack_cfg), defense, generator)
+    return AdversarialBatches(build_attack(train_cfg.adversarial), defense, generator)

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from defense_cli.artifact_cache import DATASET_KEYS_NOT_IN_KEY, cache_key, cached, config_without
 from defense_cli.data import DatasetSplits, ImageSet
-from defense_cli.models import Classifier, build_classifier
 from defense_cli.defenses import DefenseContext, build_defense
-from defense_cli.training.adversarial import adversarial_batches, adversarial_key_part
-from defense_cli.training.cache import DATASET_KEYS_NOT_IN_KEY, cache_key, cached, config_without
+from defense_cli.models import Classifier, build_classifier
+from defense_cli.training.adversarial import adversarial_batches
 from defense_cli.training.defended_data import defended_training_set
 from defense_cli.training.monitor import EpochMonitor
 from defense_cli.training.trainer import TrainingLog, predict, train_classifier
@@ -40,31 +40,31 @@ class TrainedClassifier:
     history: dict[str, list[float]] = field(default_factory=dict)  # per-epoch series, when trained here
 
 
-def classifier_key(dataset_cfg: DictConfig, model_cfg: DictConfig, train_cfg: DictConfig,
-                   preprocess_cfg: DictConfig | None) -> str:
-    """Hash of everything that determines the trained weights.
-
-    With adversarial training the resolved attack and defense configs enter the key too (the
-    train config names them only); without it the key is what it always was.
-    """
-    parts = {
+def classifier_key(dataset_cfg: DictConfig, model_cfg: DictConfig, train_cfg: DictConfig) -> str:
+    """Hash of everything that determines the trained weights: the resolved dataset, model and train
+    configs (the preprocessing defense, adversarial attack and its defense are nested in train)."""
+    return cache_key({
         "dataset": config_without(dataset_cfg, DATASET_KEYS_NOT_IN_KEY),
         "model": model_cfg,
         "train": config_without(train_cfg, TRAIN_KEYS_NOT_IN_KEY),
-        "preprocess": preprocess_cfg if preprocess_cfg is not None else "none",
-    }
-    adversarial = adversarial_key_part(train_cfg)
-    if adversarial is not None:
-        parts["adversarial"] = adversarial
-    return cache_key(parts)
+    })
+
+
+def plain_training(train_cfg: DictConfig, seed: int | None = None) -> DictConfig:
+    """`train_cfg` on clean images: no preprocessing defense, no adversarial training (under `seed`
+    when given, e.g. a black-box source model)."""
+    changes = {"preprocess": None, "adversarial": None, "adversarial_defense": None}
+    return OmegaConf.merge(train_cfg, changes if seed is None else {**changes, "seed": seed})
 
 
 def obtain_classifier(
     dataset_cfg: DictConfig, model_cfg: DictConfig, train_cfg: DictConfig, splits: DatasetSplits,
-    cache_dir: Path, device: torch.device, preprocess_cfg: DictConfig | None = None,
+    cache_dir: Path, device: torch.device,
 ) -> TrainedClassifier:
-    """Load the cached classifier for this config, or train and cache it."""
-    key = classifier_key(dataset_cfg, model_cfg, train_cfg, preprocess_cfg)
+    """Load the cached classifier for this config, or train and cache it (on images defended by
+    `train_cfg.preprocess` when set)."""
+    key = classifier_key(dataset_cfg, model_cfg, train_cfg)
+    preprocess_cfg = train_cfg.preprocess
     path = cache_dir / "models" / f"{model_cfg.name}-{dataset_cfg.name}-{key}.pt"
     model = build_classifier(model_cfg, dataset_cfg)
     start = time.perf_counter()
@@ -104,8 +104,7 @@ def _defense_classifier(preprocess_cfg: DictConfig, dataset_cfg: DictConfig, mod
     saliency) uses to defend the training set: the same model trained on clean images (train-or-load)."""
     if not build_defense(preprocess_cfg).needs_classifier:
         return None
-    clean_cfg = OmegaConf.merge(train_cfg, {"preprocess": "none", "adversarial": "none"})
-    clean = obtain_classifier(dataset_cfg, model_cfg, clean_cfg, splits, cache_dir, device)
+    clean = obtain_classifier(dataset_cfg, model_cfg, plain_training(train_cfg), splits, cache_dir, device)
     return clean.key, clean.model
 
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from defense_cli.data import ImageSet
 from defense_cli.defenses import DefenseContext, build_defense
 from defense_cli.models import Classifier
-from defense_cli.training.cache import DATASET_KEYS_NOT_IN_KEY, cache_key, cached, config_without
+from defense_cli.artifact_cache import DATASET_KEYS_NOT_IN_KEY, cache_key, cached, config_without
 
 BATCH = 256
 

@@ -6,7 +6,7 @@ flattened row vector f of section 5.5. Its *BatchNorm* is the `BatchNorm2d` that
 the conv in module order with matching channels (conv -> bn -> relu in every backbone here and in
 torchvision's ResNets); a conv with no such BN has none.
 
-Choices where the text is silent (written here and in docs/issue6-repr.md):
+Choices where the text is silent (written here and in docs/repr-training.md):
 - While dropped, a filter's weights, bias and its BN gamma and beta are held at zero, so the
   channel's output is exactly zero (zero weights alone would leave the BN shift beta).
 - Re-initialised filters span a random orthonormal basis of the null space of the kept filters of

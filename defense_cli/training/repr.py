@@ -140,7 +140,7 @@ class RePrHooks(TrainingHooks):
 
 def scheme_hooks(train_cfg: DictConfig, data: ImageSet, device: torch.device) -> list[TrainingHooks]:
     """The hooks of `train.scheme`: none for `standard`, `RePrHooks` for `repr`."""
-    scheme = train_cfg.get("scheme", "standard")
+    scheme = train_cfg.scheme
     if scheme not in SCHEMES:
         raise ValueError(f"train.scheme={scheme!r} is unknown; allowed: {', '.join(SCHEMES)}")
     if scheme == "standard":

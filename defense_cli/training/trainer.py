@@ -75,7 +75,7 @@ def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: 
         bar = tqdm(data.batches(cfg.batch_size, shuffle=True, generator=generator, device=device),
                    total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
         for images, labels in bar:
-            if cfg.get("augment", False):
+            if cfg.augment:
                 images = random_crop_flip(images, generator)
             if batch_transform is not None:
                 images = batch_transform(model, images, labels)

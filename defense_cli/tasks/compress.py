@@ -22,11 +22,11 @@ from defense_cli.compression.plots import error_plot, macs_plot, residual_plot
 from defense_cli.compression.settings import CompressSettings
 from defense_cli.compression.stored import compressed_backbone, entry_path
 from defense_cli.data import ImageSet
-from defense_cli.experiment import Prepared, prepare, run_tags
+from defense_cli.tasks.prepare import Prepared, prepare, run_tags
 from defense_cli.models import Classifier, build_classifier
-from defense_cli.report import print_table, results_table
+from defense_cli.results_table import print_table, results_table
 from defense_cli.tracking import RunLog, current_parent_run, flatten
-from defense_cli.training.cache import cache_key, cached
+from defense_cli.artifact_cache import cache_key, cached
 from defense_cli.training.classifiers import obtain_classifier
 from defense_cli.training.trainer import train_classifier
 
@@ -44,7 +44,7 @@ def compress(cfg: DictConfig) -> dict[str, float]:
         run.params(flatten(cfg))
         run.text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         trained = obtain_classifier(cfg.dataset, cfg.model, cfg.train, p.splits, p.cache, p.device)
-        key = cache_key({"classifier": trained.key, "limit": cfg.dataset.get("limit"),
+        key = cache_key({"classifier": trained.key, "limit": cfg.dataset.limit,
                          "compress": {k: v for k, v in OmegaConf.to_container(cfg.compress).items() if k != "latency"}})
         path = entry_path(p.cache, cfg.model.name, cfg.dataset.name, key)
         payload, hit = cached(path, key, lambda: _build_entry(p, settings, trained.model))

@@ -1,0 +1,1 @@
+"""The commands' tasks (`run`, `train`, `compress`): each composes the libraries below it."""

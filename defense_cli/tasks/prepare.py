@@ -1,0 +1,116 @@
+"""What every task does before its MLflow run opens: validate the config, load the data, open the
+tracker; and the classifier train-or-load shared by the tasks.
+
+Everything that can be wrong with the user's input (config values, dataset files, defense and
+attack parameters) is checked here, before the MLflow run opens; from then on a failure marks the
+run FAILED.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from defense_cli.artifact_cache import cache_key
+from defense_cli.attacks import build_attack, build_threat_model
+from defense_cli.attacks.threat_models import BlackBox
+from defense_cli.config import validate
+from defense_cli.data import Dataset, DatasetSplits, load_dataset
+from defense_cli.defenses import build_defense
+from defense_cli.errors import ConfigError
+from defense_cli.instantiate import build_from_config
+from defense_cli.models import build_classifier
+from defense_cli.tracking import Tracker, git_commit, home_dir
+from defense_cli.training.classifiers import TrainedClassifier, obtain_classifier, plain_training
+from defense_cli.training.repr import RePrSettings
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else CPU; `cuda` without a GPU is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but no CUDA device is available; use device=auto or cpu.")
+    return torch.device(name)
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.cache_dir or home_dir(cfg) / ".defense_cli_cache").expanduser().resolve()
+
+
+def run_name(cfg: DictConfig) -> str:
+    return cfg.mlflow.run_name or "-".join(
+        str(x) for x in (cfg.dataset.name, cfg.model.name, cfg.defense.name, cfg.attack.name, cfg.threat_model.name))
+
+
+def setting_key(cfg: DictConfig) -> str:
+    """Hash of what a result depends on besides the threat model: runs that differ only in their
+    threat model share it (the validity check compares them)."""
+    return cache_key({key: cfg[key] for key in ("dataset", "model", "train", "defense", "attack", "seed")})
+
+
+def run_tags(cfg: DictConfig, stage: str) -> dict[str, str]:
+    commit = git_commit()
+    return {"dataset": cfg.dataset.name, "model": cfg.model.name, "defense": cfg.defense.name,
+            "attack": cfg.attack.name, "threat_model": cfg.threat_model.name, "stage": stage,
+            "setting": setting_key(cfg), "git_commit": commit, "mlflow.source.git.commit": commit}
+
+
+@dataclass
+class Prepared:
+    """Validated inputs of a run, ready before any MLflow run is opened."""
+
+    cfg: DictConfig
+    device: torch.device
+    cache: Path
+    splits: DatasetSplits
+    tracker: Tracker
+
+
+def check_config(cfg: DictConfig) -> None:
+    """`validate` the run-level keys, then build every component the config names once (cheap:
+    constructors only), so that a bad parameter is a ConfigError naming it now, not a FAILED run."""
+    validate(cfg)
+    build_from_config(cfg.dataset, "dataset", Dataset)
+    build_classifier(cfg.model, cfg.dataset)
+    threat_model = build_threat_model(cfg.threat_model)
+    threat_model.check(build_attack(cfg.attack), build_defense(cfg.defense))
+    if isinstance(threat_model, BlackBox):
+        build_classifier(cfg.threat_model.source.model, cfg.dataset)
+    if cfg.train.scheme == "repr":
+        try:
+            RePrSettings.from_config(cfg.train)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(str(err)) from err
+    for key in ("preprocess", "adversarial_defense"):
+        if cfg.train[key] is not None:
+            build_defense(cfg.train[key])
+    if cfg.train.adversarial is not None:
+        build_attack(cfg.train.adversarial)
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Validate the config and load the data; raises ConfigError on bad input, writes nothing."""
+    check_config(cfg)
+    device = resolve_device(cfg.device)
+    cache = cache_dir(cfg)
+    splits = load_dataset(cfg.dataset, cache)
+    try:
+        tracker = Tracker.from_config(cfg)
+    except Exception as err:
+        raise ConfigError(f"mlflow.tracking_uri cannot be opened ({type(err).__name__}: {err}).") from err
+    return Prepared(cfg, device, cache, splits, tracker)
+
+
+def classifier(p: Prepared) -> TrainedClassifier:
+    """The run's classifier, trained (or loaded) as `train` says."""
+    return obtain_classifier(p.cfg.dataset, p.cfg.model, p.cfg.train, p.splits, p.cache, p.device)
+
+
+def source_classifier(p: Prepared, source: DictConfig) -> TrainedClassifier:
+    """A black-box source model: `source.model`, plain training under `source.train_seed`."""
+    return obtain_classifier(p.cfg.dataset, source.model, plain_training(p.cfg.train, source.train_seed), p.splits,
+                             p.cache, p.device)
