@@ -97,11 +97,14 @@ class Tracker:
     @contextmanager
     def run(self, name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> Iterator[RunLog]:
         """Open a run; close it FINISHED, or FAILED / KILLED with the error when the body raises."""
-        all_tags = {"mlflow.runName": name, **tags}
+        from defense_cli.environment import environment_tags, installed_distributions, process_tags
+
+        all_tags = {"mlflow.runName": name, **environment_tags(), **process_tags(), **tags}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         log = RunLog(self.client, run.info.run_id)
+        log.text(installed_distributions(), "environment.txt")
         try:
             yield log
         except KeyboardInterrupt:

@@ -52,3 +52,20 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
 def test_flatten_gives_dotted_keys():
     assert flatten({"attack": {"eps": 0.1, "norm": "linf"}, "seed": 3}) == {
         "attack.eps": "0.1", "attack.norm": "linf", "seed": "3"}
+
+
+def test_every_run_records_its_environment(home):
+    import torch
+
+    tracker = _tracker(home)
+    with tracker.run("x", {"stage": "run"}) as run:
+        pass
+    stored = tracker.client.get_run(run.run_id)
+    assert stored.data.tags["env.torch"] == torch.__version__.split("+")[0] or \
+        stored.data.tags["env.torch"] == torch.__version__
+    assert stored.data.tags["env.device"] in ("cpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
+    assert stored.data.tags["git_dirty"] in ("true", "false", "unknown")
+    assert stored.data.tags["pid"].isdigit()
+    path = tracker.client.download_artifacts(run.run_id, "environment.txt", str(home))
+    text = open(path).read()
+    assert "\ntorch==" in text and "\nmlflow==" in text
