@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from defense_cli.config import GROUPS, compose, group_options
 from defense_cli.errors import ConfigError
 from defense_cli.results_table import console as report_console
+from defense_cli.termination import TerminatedBySignal
 
 app = typer.Typer(
     add_completion=False,
@@ -39,6 +40,9 @@ def _dispatch(task: Callable[[DictConfig], object], args: list[str]) -> None:
         _fail(str(err))
     except (HydraException, OmegaConfBaseException) as err:
         _fail(explain_config_error(err, args))
+    except TerminatedBySignal as stopped:
+        typer.echo(f"stopped by {stopped.signal_name}; the open MLflow runs are marked KILLED", err=True)
+        raise typer.Exit(stopped.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130)
@@ -168,6 +172,41 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(port)]
     raise typer.Exit(subprocess.call(command))
+
+
+@app.command()
+def runs(
+    stale: bool = typer.Option(False, "--stale", help="mark RUNNING runs that cannot be alive FAILED"),
+    max_age: float = typer.Option(900.0, "--max-age", help="seconds without a heartbeat before a run of "
+                                                          "any host counts as stale"),
+    status: Optional[str] = typer.Option(None, help="only runs in this state: RUNNING, FINISHED, FAILED, KILLED"),
+    limit: int = typer.Option(50, help="at most this many runs, newest first"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="overrides that choose the store"),
+) -> None:
+    """List the project's runs; with --stale, close the ones whose process died.
+
+    A RUNNING run is stale when its process is gone (a run of this host) or its heartbeat is older
+    than --max-age (any host: a SIGKILLed job, a lost node). Stale runs are marked FAILED with the
+    reason in the tag `stale_reason`. `defense-cli run` does this by itself for dead processes of
+    its own host.
+
+    Examples:
+
+      defense-cli runs --status RUNNING
+
+      defense-cli runs --stale --max-age 600
+    """
+    from defense_cli.tasks.runs import list_runs
+
+    allowed = ("RUNNING", "FINISHED", "FAILED", "KILLED", "SCHEDULED")
+    if status is not None and status.upper() not in allowed:
+        _fail(f"--status {status!r} is not allowed; use one of {', '.join(allowed)}.")
+    if max_age <= 0:
+        _fail(f"--max-age {max_age:g} is not allowed: it must be a positive number of seconds.")
+    try:
+        list_runs(compose(overrides or []), stale, max_age, status and status.upper(), limit)
+    except ConfigError as err:
+        _fail(str(err))
 
 
 bench_app = typer.Typer(help="Benchmarks that print speed and quality figures (never timed tests).",

@@ -3,6 +3,10 @@
 Hydra's Compose API cannot sweep, so `defense-cli run ARGS` sets `sys.argv` to ARGS and calls a
 Hydra main function, exactly as if the task were its own script. Hydra raises (rather than exits)
 with HYDRA_FULL_ERROR=1, so the CLI can turn config mistakes into exit code 2.
+
+While the task runs, SIGINT, SIGTERM and SIGHUP raise `TerminatedBySignal`: the open MLflow run
+closes KILLED on its way out, and what is still open after that (a sweep's parent run, whose jobs
+Hydra's launcher stops running) is marked KILLED here before the exception reaches the CLI.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import hydra
 from omegaconf import DictConfig
 
 from defense_cli.config import CONFIG_NAME, conf_dir
+from defense_cli.termination import TerminatedBySignal, signals_raise
+from defense_cli.tracking import close_open_runs
 
 
 def launch(task: Callable[[DictConfig], object], args: list[str], program: str = "defense-cli") -> None:
@@ -24,6 +30,10 @@ def launch(task: Callable[[DictConfig], object], args: list[str], program: str =
     saved = sys.argv
     sys.argv = [program, *args]
     try:
-        main()
+        with signals_raise():
+            main()
+    except TerminatedBySignal as stopped:
+        close_open_runs(stopped)
+        raise
     finally:
         sys.argv = saved

@@ -3,16 +3,27 @@
 Runs are written through `MlflowClient` to a SQLite store (`sqlite:///<home>/mlflow.db` unless
 `mlflow.tracking_uri` or `MLFLOW_TRACKING_URI` says otherwise). A run is opened only after the
 config and inputs are validated, and any exception inside it marks it FAILED with the error as a
-tag (KILLED on Ctrl-C). A Hydra sweep gets one parent run, created by `SweepParentRunCallback`,
-and every job becomes its child.
+tag; Ctrl-C, SIGTERM and SIGHUP (`defense_cli.termination`) mark it KILLED with the signal's name
+in the tag `signal`. A Hydra sweep gets one parent run, created by `SweepParentRunCallback`, and
+every job becomes its child; a signal marks the parent KILLED too (`close_open_runs`).
+
+Against SIGKILL and lost machines, which no handler sees, every run records its host, process id
+and process start time, and a thread refreshes its `heartbeat` tag (Unix seconds) every
+`mlflow.heartbeat_seconds`. `Tracker.stale_runs` finds RUNNING runs whose process is gone (same
+host) or whose heartbeat is too old (any host); `Tracker.mark_stale` closes them FAILED with the
+reason in the tag `stale_reason`. Opening a run first does this for the dead processes of its own
+host (never by heartbeat age: a slow store must not fail a live run of another machine).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import subprocess
+import socket
 import tempfile
+import threading
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,9 +31,18 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from defense_cli.environment import git_commit, process_alive
+from defense_cli.termination import TerminatedBySignal
+
+log = logging.getLogger(__name__)
+
 PARENT_RUN_FILE = "mlflow_parent_run.json"
 MAX_PARAM_LENGTH = 6000
 BATCH_SIZE = 100
+HEARTBEAT_TAG = "heartbeat"
+DEFAULT_HEARTBEAT_SECONDS = 60.0
+#: runs of this process not yet closed: run id -> the client that opened it (see `close_open_runs`)
+_OPEN_RUNS: dict[str, Any] = {}
 
 
 def home_dir(cfg: DictConfig) -> Path:
@@ -57,25 +77,17 @@ def flatten(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, 
     return flat
 
 
-def git_commit() -> str:
-    """The commit of the checkout this package runs from, or 'unknown'."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
 class Tracker:
     """Writes runs of one experiment to one tracking store."""
 
-    def __init__(self, uri: str, experiment_name: str) -> None:
+    def __init__(self, uri: str, experiment_name: str,
+                 heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS) -> None:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = self._experiment_id(experiment_name)
+        self.heartbeat_seconds = heartbeat_seconds
 
     def _experiment_id(self, name: str) -> str:
         """The experiment's id, creating it; a sweep's parallel jobs may race to create it."""
@@ -92,30 +104,35 @@ class Tracker:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Tracker:
-        return cls(tracking_uri(cfg), cfg.mlflow.experiment_name)
+        heartbeat = float(cfg.mlflow.get("heartbeat_seconds") or DEFAULT_HEARTBEAT_SECONDS)
+        return cls(tracking_uri(cfg), cfg.mlflow.experiment_name, heartbeat)
 
     @contextmanager
     def run(self, name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> Iterator[RunLog]:
-        """Open a run; close it FINISHED, or FAILED / KILLED with the error when the body raises."""
+        """Open a run; close it FINISHED, FAILED with the error, or KILLED with the signal."""
         from defense_cli.environment import environment_tags, installed_distributions, process_tags
 
+        self.mark_stale(self.stale_runs(max_age_seconds=None))
         all_tags = {"mlflow.runName": name, **environment_tags(), **process_tags(), **tags}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         log = RunLog(self.client, run.info.run_id)
-        log.text(installed_distributions(), "environment.txt")
-        try:
-            yield log
-        except KeyboardInterrupt:
-            log.fail("interrupted (KeyboardInterrupt)", status="KILLED")
-            raise
-        except BaseException as err:
-            log.fail(f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
-            if parent_run_id:
-                self.client.set_terminated(parent_run_id, status="FAILED")
-            raise
-        self.client.set_terminated(log.run_id, status="FINISHED")
+        with LiveRun(self.client, log.run_id, self.heartbeat_seconds):
+            try:
+                log.text(installed_distributions(), "environment.txt")
+                yield log
+            except KeyboardInterrupt as err:
+                signal_name = err.signal_name if isinstance(err, TerminatedBySignal) else "SIGINT"
+                log.tags({"signal": signal_name})
+                log.fail(f"stopped by {signal_name}", status="KILLED")
+                raise
+            except BaseException as err:
+                log.fail(f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+                if parent_run_id:
+                    self.client.set_terminated(parent_run_id, status="FAILED")
+                raise
+            self.client.set_terminated(log.run_id, status="FINISHED")
 
     def finished_runs(self, tags: Mapping[str, str], metric: str) -> dict[str, tuple[dict[str, str], float]]:
         """FINISHED runs of this experiment carrying all `tags`: run id -> (its tags, its `metric`)."""
@@ -124,6 +141,111 @@ class Tracker:
         runs = self.client.search_runs([self.experiment_id], " and ".join(clauses), max_results=1000)
         return {run.info.run_id: (dict(run.data.tags), run.data.metrics[metric])
                 for run in runs if metric in run.data.metrics}
+
+    def runs(self, status: str | None = None, max_results: int = 1000) -> list:
+        """Runs of this experiment, newest first, optionally only those in `status` (e.g. RUNNING)."""
+        query = f"attributes.status = '{status}'" if status else ""
+        return self.client.search_runs([self.experiment_id], query, max_results=max_results,
+                                       order_by=["attributes.start_time DESC"])
+
+    def stale_runs(self, max_age_seconds: float | None) -> list[tuple[Any, str]]:
+        """RUNNING runs that cannot still be running, each with the reason.
+
+        A run of this host whose process is gone is stale; with `max_age_seconds`, so is a run of
+        any host whose heartbeat (or, with none recorded, whose start) is older than that.
+        """
+        now, host = time.time(), socket.gethostname()
+        found = []
+        for run in self.runs(status="RUNNING"):
+            reason = stale_reason(run, now, host, max_age_seconds)
+            if reason:
+                found.append((run, reason))
+        return found
+
+    def mark_stale(self, stale: Sequence[tuple[Any, str]]) -> None:
+        """Close each stale run FAILED with its reason in the tag `stale_reason`."""
+        for run, reason in stale:
+            self.client.set_tag(run.info.run_id, "stale_reason", reason)
+            self.client.set_terminated(run.info.run_id, status="FAILED")
+
+
+def stale_reason(run: Any, now: float, this_host: str, max_age_seconds: float | None) -> str | None:
+    """Why `run` (RUNNING) cannot be alive, or None: its process is gone, or its heartbeat is too old."""
+    tags = run.data.tags
+    pid, host = tags.get("pid", ""), tags.get("host")
+    if host == this_host and pid.isdigit() and not process_alive(int(pid), tags.get("process_start") or None):
+        return f"process {pid} on {host} is gone"
+    if max_age_seconds is None:
+        return None
+    beat = tags.get(HEARTBEAT_TAG)
+    last = float(beat) if beat else run.info.start_time / 1000
+    age = now - last
+    if age > max_age_seconds:
+        what = "heartbeat" if beat else "heartbeat recorded; started"
+        return f"no {what} for {age:.0f} s (limit {max_age_seconds:g} s), host {host or 'unknown'}"
+    return None
+
+
+class Heartbeat:
+    """A daemon thread that sets the run's `heartbeat` tag to the current Unix time every `seconds`."""
+
+    def __init__(self, client: Any, run_id: str, seconds: float) -> None:
+        self.client, self.run_id, self.seconds = client, run_id, seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._send()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.seconds):
+            self._send()
+
+    def _send(self) -> None:
+        try:
+            self.client.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+        except Exception as err:  # a missed beat must not stop the work; a long gap shows in `runs --stale`
+            log.warning("heartbeat of run %s not recorded: %s", self.run_id, err)
+
+
+class LiveRun:
+    """A run this process works on: it has a heartbeat and `close_open_runs` finds it."""
+
+    def __init__(self, client: Any, run_id: str, heartbeat_seconds: float) -> None:
+        self.client, self.run_id = client, run_id
+        self.heartbeat = Heartbeat(client, run_id, heartbeat_seconds)
+
+    def start(self) -> LiveRun:
+        self.heartbeat.start()
+        _OPEN_RUNS[self.run_id] = self.client
+        return self
+
+    def stop(self) -> None:
+        _OPEN_RUNS.pop(self.run_id, None)
+        self.heartbeat.stop()
+
+    def __enter__(self) -> LiveRun:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def close_open_runs(stopped: TerminatedBySignal) -> None:
+    """Mark every run this process still has open (a sweep's parent) KILLED with the signal's name."""
+    for run_id, client in list(_OPEN_RUNS.items()):
+        try:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_tag(run_id, "signal", stopped.signal_name)
+                client.set_terminated(run_id, status="KILLED")
+        except Exception as err:
+            log.warning("run %s could not be marked KILLED: %s", run_id, err)
 
 
 class RunLog:
@@ -191,6 +313,7 @@ class SweepParentRunCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from defense_cli.environment import process_tags
         from defense_cli.errors import ConfigError
 
         try:
@@ -202,12 +325,16 @@ class SweepParentRunCallback(Callback):
         run = tracker.client.create_run(
             tracker.experiment_id,
             tags={"mlflow.runName": f"sweep {overrides}"[:250], "sweep": "parent",
-                  "sweep_dir": str(sweep_dir.resolve()), "git_commit": git_commit()},
+                  "sweep_dir": str(sweep_dir.resolve()), "git_commit": git_commit(), **process_tags()},
         )
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run.info.run_id, "uri": tracker.uri}))
+        self._live = LiveRun(tracker.client, run.info.run_id, tracker.heartbeat_seconds).start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        live = getattr(self, "_live", None)
+        if live is not None:
+            live.stop()
         record = read_parent_run(Path(config.hydra.sweep.dir))
         if record is None:
             return

@@ -20,10 +20,11 @@ from defense_cli.attacks.threat_models import BlackBox
 from defense_cli.config import validate
 from defense_cli.data import Dataset, DatasetSplits, load_dataset
 from defense_cli.defenses import build_defense
+from defense_cli.environment import git_commit
 from defense_cli.errors import ConfigError
 from defense_cli.instantiate import build_from_config
 from defense_cli.models import build_classifier
-from defense_cli.tracking import Tracker, git_commit, home_dir
+from defense_cli.tracking import Tracker, home_dir
 from defense_cli.training.classifiers import TrainedClassifier, obtain_classifier, plain_training
 from defense_cli.training.repr import RePrSettings
 
