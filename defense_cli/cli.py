@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import typer
 from omegaconf import DictConfig, OmegaConf
 
-from defense_cli.config import GROUPS, compose, group_options
+from defense_cli.config import COMPRESS_CONFIG_NAME, GROUPS, compose, group_options
 from defense_cli.errors import ConfigError
 from defense_cli.results_table import console as report_console
 from defense_cli.termination import TerminatedBySignal
@@ -24,7 +24,6 @@ app = typer.Typer(
 )
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["--help"]}
 EXIT_BAD_INPUT = 2
-COMPRESS_CONFIG_NAME = "compress_config"
 
 
 def _dispatch(task: Callable[[DictConfig], object], args: list[str]) -> None:

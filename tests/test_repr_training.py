@@ -119,7 +119,7 @@ def test_standard_scheme_adds_no_repr_hooks():
 
 @pytest.mark.parametrize("train", ["default", "repr"])
 def test_repr_experiment_config_composes_for_both_schemes(train):
-    cfg = compose(["experiment=repr_mnist5k", f"train={train}"])
+    cfg = compose(["experiment=prakash2019_repr_mnist5k", f"train={train}"])
     check_config(cfg)
     assert cfg.model.name == "convnet" and cfg.train.epochs == 50
     assert cfg.train.scheme == ("repr" if train == "repr" else "standard")
