@@ -2,7 +2,8 @@
 
 It is the baseline of every paper here: `000_1720f31fb7e6036a.txt` ch. 3-4 and
 `002_fc3b45851f5789b0.txt` ch. 3-4 (Tables 4.7-4.8 combine it with wavelet denoising and pixel
-deflection). The one JPEG implementation of the project: other defenses call `jpeg_roundtrip`.
+deflection). The one JPEG codec of the defenses: other defenses call `jpeg_roundtrip`; its
+differentiable approximation, for BPDA only, is `differentiable_jpeg`.
 """
 
 from __future__ import annotations
