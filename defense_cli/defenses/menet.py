@@ -115,6 +115,9 @@ class MENet(Defense):
     def surrogate(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """The ME step made differentiable, on the forward's mask (BPDA replays the generator).
 
+        The BPDA surrogate (Athalye et al. 2018, section 4.1) of `003_b8a380e28ee315f5.txt`
+        section 2.2 (eq. 1-2; USVT, Soft-Impute and nuclear-norm ME of section 3.5).
+
         USVT is one truncated SVD, differentiated exactly. Soft-Impute and the nuclear-norm FISTA
         run for real (no gradient), then `refine` repeats `surrogate_iterations` of their
         iterations from that estimate, differentiated by autograd through the SVD.

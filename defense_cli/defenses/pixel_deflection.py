@@ -182,11 +182,11 @@ class PixelDeflection(Defense):
         return self._defend(images, generator, differentiable=False)
 
     def surrogate(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """The same draws of Algorithm 2 (BPDA replays the generator; R-CAM, which only decides
-        which draws act, is computed without gradient), applied by gather / scatter so that the
-        gradient of a deflected pixel flows to its source pixel; then the wavelet denoiser's exact
-        gradient, and with `jpeg_quality` the torch JPEG (`differentiable_jpeg`, cubic rounding).
-        Without JPEG the forward is the defense's exactly."""
+        """The same draws of Algorithm 2 (`002_fc3b45851f5789b0.txt` 4.5; BPDA replays the
+        generator; R-CAM, which only decides which draws act, is computed without gradient),
+        applied by gather / scatter so that the gradient of a deflected pixel flows to its source
+        pixel; then the wavelet denoiser's exact gradient, and with `jpeg_quality` the torch JPEG
+        (`differentiable_jpeg`, cubic rounding). Without JPEG the forward is the defense's exactly."""
         return self._defend(images, generator, differentiable=True)
 
     def _defend(self, images: torch.Tensor, generator: torch.Generator | None, differentiable: bool) -> torch.Tensor:

@@ -103,6 +103,10 @@ class SRF(Defense):
     def surrogate(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """`surrogate_iterations` unrolled iterations of Algorithm 4 per pass, on the forward's anchors.
 
+        The BPDA surrogate g of Athalye et al. 2018 (section 4.1) for Algorithm 4 of
+        `000_1720f31fb7e6036a.txt` ch. 4 (lines 4-9: the eq. 4.9 / 4.10 step and the anchor
+        projection), both passes of section 4.3.4.
+
         Each pass of the real completion runs first (no gradient); `smoothed_rank.refine` then
         repeats lines 4-9 of Algorithm 4 from its output at the last round's delta, differentiated
         by autograd (SVD through the Gram eigh). Anchors are drawn as in `transform`, so under BPDA

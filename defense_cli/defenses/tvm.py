@@ -97,8 +97,8 @@ class TVMinimization(Defense):
         return tv_inpaint(images, keep, self.lambda_tv, self.iterations, self.isotropic)
 
     def surrogate(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """The same `iterations` of Chambolle-Pock on the same dropout mask (BPDA replays the
-        generator), unrolled and differentiated by autograd: each iteration is linear up to the
+        """The same `iterations` of Chambolle-Pock (Chambolle and Pock 2011, Algorithm 1) on the same
+        dropout mask (BPDA replays the generator), unrolled and differentiated by autograd: each iteration is linear up to the
         dual projection and the box clamp, so the forward is the defense's and the gradient is exact
         almost everywhere."""
         return tv_inpaint(images, self.dropout_mask(images.detach(), generator), self.lambda_tv,

@@ -173,7 +173,8 @@ class WaveletDenoising(Defense):
                                self.convert2ycbcr, self.levels)
 
     def surrogate(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """The denoiser itself: every step is a torch op that autograd differentiates, soft (and
-        hard) thresholding almost everywhere (the gradient flows through the kept coefficients and
-        through the data-dependent BayesShrink threshold). Forward and gradient are exact."""
+        """The denoiser itself (`002_fc3b45851f5789b0.txt` 4.7-4.8: eq. 4.6, shrinkage of 4.7.1):
+        every step is a torch op that autograd differentiates, soft (and hard) thresholding almost
+        everywhere (the gradient flows through the kept coefficients and through the
+        data-dependent BayesShrink threshold). Forward and gradient are exact."""
         return self.transform(images, generator)
