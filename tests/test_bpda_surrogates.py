@@ -9,7 +9,7 @@ import torch
 
 from torch import nn
 
-from attack_helpers import fast_attack
+from attack_helpers import fast_attack, fit
 from completion_fixtures import real_image
 from conftest import run_cli, runs_in
 from defense_cli.attacks.bpda import DefendedClassifier, bpda
@@ -208,17 +208,11 @@ def test_median_surrogate_gives_the_exact_gradient(window):
 
 @pytest.fixture(scope="module")
 def digit_classifier() -> nn.Module:
-    """A linear classifier fitted to 512 mnist5k training digits (about 85 % test accuracy)."""
+    """A linear classifier fitted to 512 mnist5k training digits (83.7 % mnist5k test accuracy)."""
     train = load_dataset(compose().dataset).train.head(512)
     images, labels = train.float_images(), train.labels
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
-    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(100):
-        optimiser.zero_grad()
-        nn.functional.cross_entropy(model(images), labels).backward()
-        optimiser.step()
-    return model.eval()
+    return fit(nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)), images, labels, steps=100)
 
 
 @pytest.mark.slow      # minutes on a loaded 2-core machine: ME-Net and SPLIC run for real at every step
