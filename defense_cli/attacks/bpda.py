@@ -5,6 +5,10 @@ the gradient of a surrogate g: the identity (`mode="identity"`, g(x) = x, the pa
 defense's own differentiable `Defense.surrogate` (`mode="surrogate"`). The value is exact:
 `g(x) - g(x).detach() + defense(x)` equals `defense(x)` bit for bit, and its gradient is g's.
 
+A random defense's surrogate sees the same draws as its forward pass (the same mask, anchors or
+deflections): the generator's state is saved before the forward, restored for the surrogate, and
+set to the state after the forward again, so the next draw is the same as without a surrogate.
+
 A chain of defenses is approximated step by step: each step's surrogate is evaluated at that
 step's real input (the previous step's real output), not at the attacker's image.
 
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from defense_cli.defenses.base import Defense
+from defense_cli.defenses.random_masks import generator_for
 
 BPDA_MODES = ("identity", "surrogate")
 #: slack when testing whether an iterate lies in the eps ball (float rounding of the projection)
@@ -35,10 +40,21 @@ def defense_steps(defense: Defense) -> list[Defense]:
 
 
 def _bpda_step(step: Defense, images: torch.Tensor, generator: torch.Generator | None, mode: str) -> torch.Tensor:
+    if mode == "surrogate" and step.randomized and images.requires_grad:
+        generator = generator_for(images, generator)
+        before = generator.get_state()
     defended = step(images.detach().clamp(0, 1), generator=generator)
     if not images.requires_grad:
         return defended
-    approx = step.surrogate(images, generator) if mode == "surrogate" else images
+    if mode != "surrogate":
+        return images - images.detach() + defended
+    if step.randomized:   # replay the forward's draws (mask, anchors) for the surrogate, then move on
+        after = generator.get_state()
+        generator.set_state(before)
+        approx = step.surrogate(images, generator)
+        generator.set_state(after)
+    else:
+        approx = step.surrogate(images, generator)
     return approx - approx.detach() + defended
 
 

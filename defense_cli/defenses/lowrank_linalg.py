@@ -22,6 +22,8 @@ from defense_cli.defenses.cpu_threads import map_over_threads
 
 #: Relative size of the diagonal jitter added to a Gram matrix whose decomposition failed.
 JITTER = 1e-7
+#: Eigenvalue pairs closer than this share of the largest one count as repeated in `GuardedEigh`.
+EIGENVALUE_GAP = 1e-9
 
 
 class DecompositionError(RuntimeError):
@@ -39,8 +41,44 @@ def gram(matrices: torch.Tensor) -> torch.Tensor:
     return matrices.mT @ matrices
 
 
+class GuardedEigh(torch.autograd.Function):
+    """torch.linalg.eigh whose backward skips the pairs of (nearly) equal eigenvalues.
+
+    The eigenvector part of the derivative (Giles 2008, "An extended collection of matrix
+    derivative results", section 3.1) is V (F o skew(V^T dV) + diag(dL)) V^T with F_ij = 1 / (l_j - l_i);
+    it is infinite for a repeated eigenvalue (the zero eigenvalues of a rank-deficient image's
+    Gram matrix, common on MNIST), where the eigenvectors are not even defined. Those pairs get
+    F_ij = 0 (a rotation inside the eigenspace changes nothing the completion uses), the others
+    the exact derivative, the same as torch's.
+    """
+
+    @staticmethod
+    def forward(ctx, symmetric: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        values, vectors = torch.linalg.eigh(symmetric)
+        ctx.save_for_backward(values, vectors)
+        return values, vectors
+
+    @staticmethod
+    def backward(ctx, grad_values: torch.Tensor | None, grad_vectors: torch.Tensor | None) -> torch.Tensor:
+        values, vectors = ctx.saved_tensors
+        inner = torch.zeros_like(vectors)
+        if grad_vectors is not None:
+            gaps = values.unsqueeze(-2) - values.unsqueeze(-1)                     # l_j - l_i
+            floor = EIGENVALUE_GAP * values.abs().amax(-1, keepdim=True).unsqueeze(-1)
+            inverse = torch.where(gaps.abs() > floor, 1 / torch.where(gaps == 0, 1.0, gaps), 0.0)
+            projected = vectors.mT @ grad_vectors
+            inner = (projected - projected.mT) / 2 * inverse
+        if grad_values is not None:
+            inner = inner + torch.diag_embed(grad_values)
+        return vectors @ inner @ vectors.mT
+
+
 def batched_eigh(symmetric: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.linalg.eigh of a stack of symmetric matrices, split over threads (`map_over_threads`)."""
+    """torch.linalg.eigh of a stack of symmetric matrices, split over threads (`map_over_threads`).
+
+    Under autograd (a BPDA surrogate) it is one `GuardedEigh` call, differentiable everywhere."""
+    if symmetric.requires_grad and torch.is_grad_enabled():
+        return GuardedEigh.apply(symmetric)
     flat = symmetric.reshape(-1, *symmetric.shape[-2:])
     parts = map_over_threads(torch.linalg.eigh, flat)
     values = torch.cat([part[0] for part in parts]).reshape(symmetric.shape[:-1])

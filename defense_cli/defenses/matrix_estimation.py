@@ -30,7 +30,7 @@ def singular_value_threshold(matrices: torch.Tensor, threshold: torch.Tensor | f
     subspace = leading_subspace(matrices, min(matrices.shape[-2:]), owners)
     if isinstance(threshold, torch.Tensor):
         threshold = threshold.unsqueeze(-1)
-    sigma = subspace.squared.sqrt()
+    sigma = subspace.squared.clamp_min(torch.finfo(subspace.squared.dtype).tiny).sqrt()  # finite gradient at 0
     weights = torch.where(sigma > threshold, 1 - threshold / sigma.clamp_min(torch.finfo(sigma.dtype).tiny), 0.0)
     return subspace.expand(weights)
 
@@ -60,12 +60,18 @@ def _relative_change(old: torch.Tensor, new: torch.Tensor, where: torch.Tensor) 
     return torch.where(base > 0, diff / base.clamp_min(torch.finfo(old.dtype).tiny), torch.full_like(base, float("inf")))
 
 
+def soft_impute_threshold(filled: torch.Tensor, shrinkage: float | None) -> torch.Tensor:
+    """Soft-Impute's shrinkage per matrix (B, K): `shrinkage`, or sigma_1 of the zero-filled matrix / 50."""
+    if shrinkage is None:
+        return largest_singular_value(filled) / 50
+    return torch.full(filled.shape[:-2], shrinkage, dtype=filled.dtype, device=filled.device)
+
+
 def soft_impute(observed: torch.Tensor, mask: torch.Tensor, shrinkage: float | None = None,
                 tolerance: float = 1e-3, max_iterations: int = 100) -> torch.Tensor:
     """Soft-Impute (fancyimpute semantics, see module docstring), each matrix stopping on its own."""
     filled = torch.where(mask, observed, torch.zeros_like(observed))
-    threshold = (largest_singular_value(filled) / 50 if shrinkage is None
-                 else torch.full(filled.shape[:-2], shrinkage, dtype=filled.dtype, device=filled.device))
+    threshold = soft_impute_threshold(filled, shrinkage)
     active = torch.ones(filled.shape[:-2], dtype=torch.bool, device=filled.device)
     for _ in range(max_iterations):
         index = active.nonzero(as_tuple=True)
@@ -104,3 +110,18 @@ def nuclear_norm(observed: torch.Tensor, mask: torch.Tensor, weight: float = 1.0
         if not active.any():
             break
     return estimate
+
+
+def unrolled_estimate(observed: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, threshold: torch.Tensor | float,
+                      iterations: int, keep_observed: bool) -> torch.Tensor:
+    """`iterations` proximal steps X <- SVT(P(A) + P_perp(X), t) from the constant `start`: a
+    differentiable surrogate of `nuclear_norm` (t = weight / 2; the step of its FISTA without the
+    momentum, which has the same fixed point) and, with `keep_observed` (observed entries returned
+    as A), of `soft_impute` (its own update). Differentiable in `observed` by autograd through the
+    Gram eigh (`lowrank_linalg.GuardedEigh`); near the real estimate, its fixed point, the output
+    stays close to it and the Jacobian is the truncated unrolling of the fixed-point map.
+    """
+    estimate = start.detach()
+    for _ in range(iterations):
+        estimate = singular_value_threshold(torch.where(mask, observed, estimate), threshold)
+    return torch.where(mask, observed, estimate) if keep_observed else estimate

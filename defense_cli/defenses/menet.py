@@ -14,7 +14,9 @@ where the paper is silent (documented choices, all config values):
   observed fraction; `softimpute` uses fancyimpute's defaults (shrinkage sigma_1 / 50,
   convergence 0.001, 100 iterations);
 - training masks: p_i = linspace(p_start, p_end, n) (ME-Net trains on n = 10 masks with
-  p in [0.8, 1]); at test time p = mean(p_i) = (p_start + p_end) / 2, the paper's rule.
+  p in [0.8, 1]); at test time p = mean(p_i) = (p_start + p_end) / 2, the paper's rule;
+- `surrogate_iterations: 3`: the BPDA surrogate (`threat_model.bpda=surrogate`) unrolls 3
+  iterations of Soft-Impute / of the nuclear-norm proximal step from the real estimate.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import torch
 
 from defense_cli.defenses.base import Defense, check_images
 from defense_cli.defenses.image_matrices import CHANNEL_MODES, to_images, to_matrices
-from defense_cli.defenses.matrix_estimation import nuclear_norm, soft_impute, usvt
+from defense_cli.defenses.matrix_estimation import (nuclear_norm, soft_impute, soft_impute_threshold,
+                                                     unrolled_estimate, usvt)
 from defense_cli.parameter_checks import check_choice, check_int, check_probability, check_real
 from defense_cli.defenses.random_masks import bernoulli_mask, generator_for
 
@@ -39,7 +42,7 @@ class MENet(Defense):
                  channel_mode: str = "concat", usvt_fraction: float = 0.8, nuclear_weight: float = 1.0,
                  nuclear_tolerance: float = 1e-4, nuclear_max_iterations: int = 500,
                  softimpute_shrinkage: float | None = None, softimpute_tolerance: float = 1e-3,
-                 softimpute_max_iterations: int = 100) -> None:
+                 softimpute_max_iterations: int = 100, surrogate_iterations: int = 3) -> None:
         self.method = check_choice("method", method, METHODS)
         self.p_start = check_probability("p_start", p_start)
         self.p_end = check_probability("p_end", p_end)
@@ -56,6 +59,7 @@ class MENet(Defense):
         self.softimpute_shrinkage = softimpute_shrinkage
         self.softimpute_tolerance = check_real("softimpute_tolerance", softimpute_tolerance, 0.0, 1.0, low_open=True)
         self.softimpute_max_iterations = check_int("softimpute_max_iterations", softimpute_max_iterations, 1)
+        self.surrogate_iterations = check_int("surrogate_iterations", surrogate_iterations, 1)
 
     @property
     def training_probabilities(self) -> list[float]:
@@ -75,9 +79,15 @@ class MENet(Defense):
             return bernoulli_mask((batch, 1, height, channels * width), p, generator, images.device)
         return bernoulli_mask((batch, 1, height, width), p, generator, images.device).expand(-1, channels, -1, -1)
 
+    def _to_matrices(self, images: torch.Tensor) -> torch.Tensor:
+        return to_matrices(images, self.channel_mode) * 2 - 1
+
+    def _to_images(self, estimate: torch.Tensor, channels: int) -> torch.Tensor:
+        return to_images((estimate.clamp(-1, 1) + 1) / 2, self.channel_mode, channels)
+
     def estimate(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Deterministic part: matrix estimation of the images observed on `mask`."""
-        matrices = to_matrices(images, self.channel_mode) * 2 - 1
+        matrices = self._to_matrices(images)
         if self.method == "usvt":
             keep = int(self.usvt_fraction * min(matrices.shape[-2:]))
             estimate = usvt(matrices, mask, keep)
@@ -87,7 +97,37 @@ class MENet(Defense):
         else:
             estimate = nuclear_norm(matrices, mask, self.nuclear_weight, self.nuclear_tolerance,
                                     self.nuclear_max_iterations)
-        return to_images((estimate.clamp(-1, 1) + 1) / 2, self.channel_mode, images.shape[1])
+        return self._to_images(estimate, images.shape[1])
+
+    def refine(self, images: torch.Tensor, mask: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """`surrogate_iterations` differentiable iterations of the ME method from the image `start`
+        (held constant), observing `images` on `mask` (`matrix_estimation.unrolled_estimate`)."""
+        matrices = self._to_matrices(images)
+        if self.method == "softimpute":
+            threshold = soft_impute_threshold(torch.where(mask, matrices, torch.zeros_like(matrices)),
+                                              self.softimpute_shrinkage)
+        else:
+            threshold = self.nuclear_weight / 2
+        estimate = unrolled_estimate(matrices, mask, self._to_matrices(start), threshold,
+                                     self.surrogate_iterations, keep_observed=self.method == "softimpute")
+        return self._to_images(estimate, images.shape[1])
+
+    def surrogate(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The ME step made differentiable, on the forward's mask (BPDA replays the generator).
+
+        The BPDA surrogate (Athalye et al. 2018, section 4.1) of `003_b8a380e28ee315f5.txt`
+        section 2.2 (eq. 1-2; USVT, Soft-Impute and nuclear-norm ME of section 3.5).
+
+        USVT is one truncated SVD, differentiated exactly. Soft-Impute and the nuclear-norm FISTA
+        run for real (no gradient), then `refine` repeats `surrogate_iterations` of their
+        iterations from that estimate, differentiated by autograd through the SVD.
+        """
+        mask = self.sample_mask(images, self.test_probability, generator)
+        if self.method == "usvt":
+            return self.estimate(images, mask)
+        with torch.no_grad():
+            start = self.estimate(images.detach(), mask)
+        return self.refine(images, mask, start)
 
     def defend_with(self, images: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
         return self.estimate(images, self.sample_mask(images, p, generator))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from defense_cli.defenses.base import Defense, DefenseContext
+from defense_cli.defenses.differentiable_jpeg import differentiable_jpeg
 from defense_cli.defenses.jpeg import jpeg_roundtrip
 from defense_cli.defenses.rcam import check_cam_model, robust_activation_map
 from defense_cli.defenses.wavelet import WaveletDenoising
@@ -178,10 +179,23 @@ class PixelDeflection(Defense):
         return robust_activation_map(self._classifier, images, self.rcam_top_k)
 
     def transform(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return self._defend(images, generator, differentiable=False)
+
+    def surrogate(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The same draws of Algorithm 2 (`002_fc3b45851f5789b0.txt` 4.5; BPDA replays the
+        generator; R-CAM, which only decides which draws act, is computed without gradient),
+        applied by gather / scatter so that the gradient of a deflected pixel flows to its source
+        pixel; then the wavelet denoiser's exact gradient, and with `jpeg_quality` the torch JPEG
+        (`differentiable_jpeg`, cubic rounding). Without JPEG the forward is the defense's exactly."""
+        return self._defend(images, generator, differentiable=True)
+
+    def _defend(self, images: torch.Tensor, generator: torch.Generator | None, differentiable: bool) -> torch.Tensor:
         k, r = scaled_parameters(self.deflections, self.window, *images.shape[-2:], self.reference_size)
-        out = deflect_pixels(images, k, r, generator, self.keep_probability(images), self.per_channel)
+        with torch.no_grad():
+            keep = self.keep_probability(images.detach())
+        out = deflect_pixels(images, k, r, generator, keep, self.per_channel)
         if self.denoise:
             out = self.denoiser.transform(out, generator)
         if self.jpeg_quality is not None:
-            out = jpeg_roundtrip(out, self.jpeg_quality)
+            out = differentiable_jpeg(out, self.jpeg_quality) if differentiable else jpeg_roundtrip(out, self.jpeg_quality)
         return out

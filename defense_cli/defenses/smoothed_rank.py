@@ -161,3 +161,40 @@ def alternated_complete(images: torch.Tensor, anchors: torch.Tensor, settings: C
     """Section 4.3.4: complete the targets from the anchors, then swap and re-estimate the anchors."""
     first = complete(images, anchors, settings, block)
     return complete(first, ~anchors, settings, block)
+
+
+def last_delta(observed: torch.Tensor, anchors: torch.Tensor, settings: CompletionSettings) -> torch.Tensor:
+    """delta of `complete`'s last round, sigma_1(X (.) M) rho^(rounds - 1), for a (B, K, m, n) stack.
+
+    Assumes the pass ran all ceil(maxiter / 7) rounds (the stopping rule rarely fires early)."""
+    rounds = -(-settings.max_iterations // settings.inner_iterations)
+    anchored = torch.where(anchors, observed, torch.zeros_like(observed))
+    sigma = largest_singular_value(anchored).clamp_min(torch.finfo(observed.dtype).tiny)
+    return sigma * settings.shrink ** (rounds - 1)
+
+
+def refine(observed: torch.Tensor, anchors: torch.Tensor, start: torch.Tensor, settings: CompletionSettings,
+           block: int, iterations: int) -> torch.Tensor:
+    """`iterations` inner iterations of Algorithm 4 (lines 4-9) from `start` at the last round's delta.
+
+    Differentiable in `observed` (autograd through the Gram eigh, `GuardedEigh`); `start`, the
+    real completion, is a constant. Near its fixed point this keeps the output of `complete`, and
+    its Jacobian is the truncated unrolling of the fixed-point map X -> step(X; M (.) observed).
+    """
+    targets, anchored = anchor_terms(observed, anchors)
+    delta = last_delta(observed, anchors, settings)
+    current = torch.where(anchors, observed, start.detach())
+    for _ in range(iterations):
+        current = completion_step(current, targets, anchored, delta, settings, block)
+    return current
+
+
+def unrolled_complete(observed: torch.Tensor, anchors: torch.Tensor, settings: CompletionSettings, block: int,
+                      iterations: int, alternate: bool) -> torch.Tensor:
+    """A differentiable surrogate of `complete` / `alternated_complete`: each pass is run for real
+    (no gradient) and then `refine`d from its own output, the second pass on the refined first."""
+    with torch.no_grad():
+        first = complete(observed.detach(), anchors, settings, block)
+        second = complete(first, ~anchors, settings, block) if alternate else None
+    out = refine(observed, anchors, first, settings, block, iterations)
+    return refine(out, ~anchors, second, settings, block, iterations) if alternate else out

@@ -28,11 +28,15 @@ Choices where the papers are silent (all config values):
   term then hardly acts, PSNR 16.7 / 10.6 dB).
 - `tv_gradient: exact`: see `smoothed_rank` (eq. 4.10 as printed omits the backward differences).
 - `alternate: true`: the second pass of section 4.3.4 (anchors and targets swapped).
+- `surrogate_iterations: 3`: the BPDA surrogate (`surrogate`, `threat_model.bpda=surrogate`)
+  unrolls 3 iterations of Algorithm 4 per pass from the real completion (docs/attacks.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
+from typing import Callable
 
 import torch
 
@@ -40,7 +44,8 @@ from defense_cli.defenses.base import Defense
 from defense_cli.defenses.image_matrices import CHANNEL_MODES, to_images, to_matrices
 from defense_cli.parameter_checks import check_choice, check_int, check_real
 from defense_cli.defenses.random_masks import exact_fraction_mask, generator_for
-from defense_cli.defenses.smoothed_rank import TV_GRADIENTS, CompletionSettings, alternated_complete, complete
+from defense_cli.defenses.smoothed_rank import (TV_GRADIENTS, CompletionSettings, alternated_complete, complete,
+                                                    unrolled_complete)
 
 SRF_STEPS = ("delta2", "plain")
 
@@ -56,7 +61,8 @@ class SRF(Defense):
 
     def __init__(self, anchor_fraction: float = 0.5, rank: int = 8, step: float = 0.5, shrink: float = 0.45,
                  inner_iterations: int = 7, tolerance: float = 1e-6, max_iterations: int = 56,
-                 channel_mode: str = "concat", alternate: bool = True, srf_step: str = "delta2") -> None:
+                 channel_mode: str = "concat", alternate: bool = True, srf_step: str = "delta2",
+                 surrogate_iterations: int = 3) -> None:
         self.anchor_fraction = check_real("anchor_fraction", anchor_fraction, 0.0, 1.0, low_open=True, high_open=True)
         self.rank = check_int("rank", rank, 1)
         self.step = check_real("step", step, 0.0, float("inf"), low_open=True, high_open=True)
@@ -67,6 +73,7 @@ class SRF(Defense):
         self.channel_mode = check_choice("channel_mode", channel_mode, CHANNEL_MODES)
         self.alternate = check_choice("alternate", alternate, (True, False))
         self.srf_step = check_choice("srf_step", srf_step, SRF_STEPS)
+        self.surrogate_iterations = check_int("surrogate_iterations", surrogate_iterations, 1)
 
     def settings(self) -> CompletionSettings:
         return CompletionSettings(rank=self.rank, step=self.step, tv_weight=0.0, shrink=self.shrink,
@@ -79,16 +86,34 @@ class SRF(Defense):
         return exact_fraction_mask((batch, 1, height, width), self.anchor_fraction,
                                    generator_for(images, generator), images.device)
 
-    def complete(self, images: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        """Deterministic part: complete (and, with `alternate`, re-complete) given the anchor mask."""
+    def _on_matrices(self, images: torch.Tensor, anchors: torch.Tensor, run: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """`run(matrices, anchor_matrices, settings, block)` in matrix form, back to images in [0, 1]."""
         matrices = to_matrices(images, self.channel_mode)
         anchor_matrices = to_matrices(anchors.expand_as(images), self.channel_mode)
-        run = alternated_complete if self.alternate else complete
         completed = run(matrices, anchor_matrices, self.settings(), images.shape[-1])
-        return to_images(completed, self.channel_mode, images.shape[1]).clamp_(0, 1)
+        return to_images(completed, self.channel_mode, images.shape[1]).clamp(0, 1)
+
+    def complete(self, images: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """Deterministic part: complete (and, with `alternate`, re-complete) given the anchor mask."""
+        return self._on_matrices(images, anchors, alternated_complete if self.alternate else complete)
 
     def transform(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return self.complete(images, self.sample_anchors(images, generator))
+
+    def surrogate(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """`surrogate_iterations` unrolled iterations of Algorithm 4 per pass, on the forward's anchors.
+
+        The BPDA surrogate g of Athalye et al. 2018 (section 4.1) for Algorithm 4 of
+        `000_1720f31fb7e6036a.txt` ch. 4 (lines 4-9: the eq. 4.9 / 4.10 step and the anchor
+        projection), both passes of section 4.3.4.
+
+        Each pass of the real completion runs first (no gradient); `smoothed_rank.refine` then
+        repeats lines 4-9 of Algorithm 4 from its output at the last round's delta, differentiated
+        by autograd (SVD through the Gram eigh). Anchors are drawn as in `transform`, so under BPDA
+        (which replays the generator) they are the forward's.
+        """
+        run = partial(unrolled_complete, iterations=self.surrogate_iterations, alternate=self.alternate)
+        return self._on_matrices(images, self.sample_anchors(images, generator), run)
 
 
 class SPLIC(SRF):
@@ -103,9 +128,9 @@ class SPLIC(SRF):
     def __init__(self, anchor_fraction: float = 0.5, rank: int = 8, step: float = 0.5, tv_weight: float = 0.02,
                  shrink: float = 0.45, inner_iterations: int = 7, tolerance: float = 1e-6, max_iterations: int = 56,
                  channel_mode: str = "concat", alternate: bool = True, srf_step: str = "delta2",
-                 tv_gradient: str = "exact") -> None:
+                 tv_gradient: str = "exact", surrogate_iterations: int = 3) -> None:
         super().__init__(anchor_fraction, rank, step, shrink, inner_iterations, tolerance, max_iterations,
-                         channel_mode, alternate, srf_step)
+                         channel_mode, alternate, srf_step, surrogate_iterations)
         self.tv_weight = check_real("tv_weight", tv_weight, 0.0, float("inf"), high_open=True)
         self.tv_gradient = check_choice("tv_gradient", tv_gradient, TV_GRADIENTS)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def operator_lt(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -27,10 +28,13 @@ def operator_lt(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tenso
     p_ij = x_ij - x_{i+1,j}, q_ij = x_ij - x_{i,j+1}, zero on the last row / column.
 
     It is minus the forward-difference gradient with Neumann boundary. `out` (same shape as the
-    result, zero last row of out[0] and last column of out[1]) is reused when given.
+    result, zero last row of out[0] and last column of out[1]) is reused when given; without it the
+    result is a new tensor that autograd can differentiate.
     """
-    if out is None:
-        out = x.new_zeros((2,) + x.shape)
+    if out is None:   # out-of-place, so that autograd can differentiate it
+        vertical = F.pad(x[..., :-1, :] - x[..., 1:, :], (0, 0, 0, 1))
+        horizontal = F.pad(x[..., :, :-1] - x[..., :, 1:], (0, 1))
+        return torch.stack((vertical, horizontal))
     torch.sub(x[..., :-1, :], x[..., 1:, :], out=out[0, ..., :-1, :])
     torch.sub(x[..., :, :-1], x[..., :, 1:], out=out[1, ..., :, :-1])
     return out

@@ -11,7 +11,8 @@ reproduced with (`defend_tv` of Athalye et al.): keep_prob = 0.5, lambda_tv = 0.
 a squared L2 data term, anisotropic TV, one mask per pixel location shared by all channels, each
 channel denoised on its own. The reference code solves it by split Bregman with Gauss-Seidel sweeps
 (a per-pixel loop); here the same problem is solved batched by the primal-dual algorithm of
-Chambolle and Pock 2011 (Algorithm 1, theta = 1) with a fixed number of iterations.
+Chambolle and Pock 2011 (Algorithm 1, theta = 1) with a fixed number of iterations. Its BPDA surrogate unrolls those
+iterations (autograd through Chambolle-Pock, as in unrolled primal-dual networks).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def tv_inpaint(images: torch.Tensor, keep: torch.Tensor, weight: float, iteratio
     z = images.clone()
     z_bar = z
     dual = images.new_zeros((2,) + images.shape)
-    differences = images.new_zeros((2,) + images.shape)
+    # a reused buffer, unless autograd differentiates the iterations (the BPDA surrogate)
+    differences = None if images.requires_grad else images.new_zeros((2,) + images.shape)
     for _ in range(iterations):
         project_dual_(dual.sub_(operator_lt(z_bar, differences), alpha=sigma), weight, isotropic)
         z_next = torch.add(z, operator_l(dual), alpha=tau).add_(fitted_target).mul_(inverse_denominator).clamp_(0, 1)
@@ -93,3 +95,11 @@ class TVMinimization(Defense):
     def transform(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         keep = self.dropout_mask(images, generator)
         return tv_inpaint(images, keep, self.lambda_tv, self.iterations, self.isotropic)
+
+    def surrogate(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The same `iterations` of Chambolle-Pock (Chambolle and Pock 2011, Algorithm 1) on the same
+        dropout mask (BPDA replays the generator), unrolled and differentiated by autograd: each iteration is linear up to the
+        dual projection and the box clamp, so the forward is the defense's and the gradient is exact
+        almost everywhere."""
+        return tv_inpaint(images, self.dropout_mask(images.detach(), generator), self.lambda_tv,
+                          self.iterations, self.isotropic)

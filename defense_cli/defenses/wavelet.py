@@ -47,33 +47,25 @@ def haar_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One orthonormal 2-D Haar level of (N, H, W) with H, W even: approximation (N, H/2, W/2),
     details (N, 3, H/2, W/2) (the three sub-bands, each up to the sign of pywt's 'ad', 'da', 'dd').
 
-    Separable: half-sums and half-differences of row pairs, then of column pairs of those."""
+    Separable: half-sums and half-differences of row pairs, then of column pairs of those.
+    Out-of-place torch ops, so autograd differentiates it (the BPDA surrogate)."""
     n, h, w = x.shape
     rows = x.view(n, h // 2, 2, w)
     total = (rows[:, :, 0] + rows[:, :, 1]).view(n, h // 2, w // 2, 2)
     difference = (rows[:, :, 0] - rows[:, :, 1]).view(n, h // 2, w // 2, 2)
-    approximation = (total[..., 0] + total[..., 1]).mul_(0.5)
-    details = x.new_empty(n, 3, h // 2, w // 2)
-    torch.sub(total[..., 0], total[..., 1], out=details[:, 0])
-    torch.add(difference[..., 0], difference[..., 1], out=details[:, 1])
-    torch.sub(difference[..., 0], difference[..., 1], out=details[:, 2])
-    return approximation, details.mul_(0.5)
+    approximation = (total[..., 0] + total[..., 1]) * 0.5
+    details = torch.stack((total[..., 0] - total[..., 1], difference[..., 0] + difference[..., 1],
+                           difference[..., 0] - difference[..., 1]), dim=1)
+    return approximation, details * 0.5
 
 
 def haar_inverse(approximation: torch.Tensor, details: torch.Tensor) -> torch.Tensor:
     """Inverse of `haar_forward`: (N, h, w) and (N, 3, h, w) -> (N, 2h, 2w)."""
     n, h, w = approximation.shape
     d1, d2, d3 = details.unbind(1)
-    total = approximation.new_empty(n, h, w, 2)
-    difference = approximation.new_empty(n, h, w, 2)
-    torch.add(approximation, d1, out=total[..., 0])
-    torch.sub(approximation, d1, out=total[..., 1])
-    torch.add(d2, d3, out=difference[..., 0])
-    torch.sub(d2, d3, out=difference[..., 1])
-    out = approximation.new_empty(n, h, 2, 2 * w)
-    torch.add(total.view(n, h, 2 * w), difference.view(n, h, 2 * w), out=out[:, :, 0])
-    torch.sub(total.view(n, h, 2 * w), difference.view(n, h, 2 * w), out=out[:, :, 1])
-    return out.view(n, 2 * h, 2 * w).mul_(0.5)
+    total = torch.stack((approximation + d1, approximation - d1), dim=-1).view(n, h, 2 * w)
+    difference = torch.stack((d2 + d3, d2 - d3), dim=-1).view(n, h, 2 * w)
+    return torch.stack((total + difference, total - difference), dim=2).view(n, 2 * h, 2 * w) * 0.5
 
 
 def _pad_to_even(x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +133,7 @@ def wavelet_denoise(images: torch.Tensor, sigma: float = 0.04, method: str = "Ba
         planes = images.flatten(0, 1)
         noise = torch.full((planes.shape[0],), sigma, dtype=images.dtype, device=images.device)
         out = denoise_planes(planes, noise, method, mode, levels).reshape(images.shape)
-    return out.clamp_(0, 1)
+    return out.clamp(0, 1)
 
 
 def check_wavelet_parameters(sigma: float, method: str, mode: str, wavelet: str, levels: int | None) -> None:
@@ -179,3 +171,10 @@ class WaveletDenoising(Defense):
     def transform(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return wavelet_denoise(images, self.sigma, self.threshold_method, self.threshold_mode,
                                self.convert2ycbcr, self.levels)
+
+    def surrogate(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The denoiser itself (`002_fc3b45851f5789b0.txt` 4.7-4.8: eq. 4.6, shrinkage of 4.7.1):
+        every step is a torch op that autograd differentiates, soft (and hard) thresholding almost
+        everywhere (the gradient flows through the kept coefficients and through the
+        data-dependent BayesShrink threshold). Forward and gradient are exact."""
+        return self.transform(images, generator)
