@@ -140,6 +140,39 @@ def compress_command(ctx: typer.Context) -> None:
     _dispatch(_compress_task, ["--config-name", COMPRESS_CONFIG_NAME, *ctx.args])
 
 
+@app.command("table")
+def table_command(
+    spec: str = typer.Argument(..., help="a table spec, e.g. experiments/000_table4_2_white_box_cifar10.yaml"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="extra overrides (hydra/launcher=joblib, ...)"),
+    limit: Optional[int] = typer.Option(None, min=1, help="test images per cell (dataset.limit)"),
+    reduced: bool = typer.Option(False, help="the spec's reduced setup for a machine without a GPU"),
+    rerun: bool = typer.Option(False, help="run every cell again, even those with a FINISHED run"),
+    metric: str = typer.Option("robust_accuracy", help="the metric in the cells"),
+) -> None:
+    """Run a paper-table spec as one Hydra multirun (one MLflow parent, one child per cell,
+    FINISHED cells reused) and write the table, measured (published), to experiments/results/.
+
+    Example: defense-cli table experiments/000_table4_2_white_box_cifar10.yaml --reduced --limit 200
+    """
+    from pathlib import Path
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from defense_cli.tasks.table import TableOptions, run_table
+
+    options = TableOptions(limit, reduced, rerun, metric, list(overrides or []))
+    try:
+        result = run_table(Path(spec), options, lambda args: _dispatch(_run_task, args))
+    except ConfigError as err:
+        _fail(str(err))
+    except (HydraException, OmegaConfBaseException) as err:
+        _fail(explain_config_error(err, options.overrides))
+    typer.echo(result.markdown)
+    typer.echo(f"cells run: {result.ran}, reused: {result.reused}; written to {result.folder}; "
+               f"MLflow parent run {result.parent_run_id}")
+
+
 @app.command("list")
 def list_options(group: Optional[str] = typer.Argument(None, help="a config group, e.g. defense")) -> None:
     """List the options of each config group with a one-line description.

@@ -1,0 +1,61 @@
+"""Runs read back from the MLflow store through MLflow's search API, as pandas frames.
+
+`tracking` writes runs; this module only reads them. A frame has one row per run and MLflow's
+columns: `run_id`, `status`, `start_time`, `params.<flattened config key>`, `metrics.<name>` and
+`tags.<name>` (among them `config_hash`, `attack_strength` and the `check.<name>` outcomes).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+#: Runs of the `run` task (not classifier training, not sweep or table parents) that ended well.
+EVALUATION_RUNS = "attributes.status = 'FINISHED' and tags.stage = 'run'"
+
+
+def _quoted(values: Iterable[str]) -> str:
+    return ", ".join(f"'{value}'" for value in values)
+
+
+def search_frame(uri: str, experiment_names: Sequence[str], filter_string: str) -> pd.DataFrame:
+    """`mlflow.search_runs` on the store at `uri`, newest first; an unknown experiment is empty."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    known = [name for name in experiment_names if mlflow.get_experiment_by_name(name) is not None]
+    if not known:
+        return pd.DataFrame(columns=["run_id", "status", "start_time"])
+    return mlflow.search_runs(experiment_names=known, filter_string=filter_string, output_format="pandas",
+                              order_by=["attributes.start_time DESC"], max_results=50000)
+
+
+def runs_by_hash(uri: str, experiment_name: str, hashes: Iterable[str]) -> dict[str, str]:
+    """The newest FINISHED evaluation run of each config hash that has one: hash -> run id.
+
+    One search per hash: MLflow's filter language has no IN for tags."""
+    found = {}
+    for value in sorted(set(hashes)):
+        frame = search_frame(uri, [experiment_name], f"{EVALUATION_RUNS} and tags.config_hash = '{value}'")
+        if not frame.empty:
+            found[value] = frame["run_id"].iloc[0]
+    return found
+
+
+def runs_frame(uri: str, experiment_names: Sequence[str], parent_run_id: str | None = None,
+               run_ids: Sequence[str] = ()) -> pd.DataFrame:
+    """FINISHED evaluation runs of the experiments, optionally only a parent's children or given ids."""
+    clauses = [EVALUATION_RUNS]
+    if parent_run_id:
+        clauses.append(f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    if run_ids:
+        clauses.append(f"attributes.run_id IN ({_quoted(run_ids)})")
+    return search_frame(uri, experiment_names, " and ".join(clauses))
+
+
+def experiment_names(uri: str) -> list[str]:
+    """Names of every experiment in the store."""
+    from mlflow.tracking import MlflowClient
+
+    return [experiment.name for experiment in MlflowClient(tracking_uri=uri).search_experiments()]
