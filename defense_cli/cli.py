@@ -173,6 +173,35 @@ def table_command(
                f"MLflow parent run {result.parent_run_id}")
 
 
+@app.command("report")
+def report_command(
+    overrides: Optional[list[str]] = typer.Argument(None, help="overrides that choose the store (paths.home=...)"),
+    rows: str = typer.Option("defense", help="config key, group or metric of the rows"),
+    cols: str = typer.Option("attack.eps", help="config key, group or metric of the columns"),
+    value: str = typer.Option("robust_accuracy", help="the metric in the cells"),
+    experiment: Optional[str] = typer.Option(None, help="MLflow experiment (default: mlflow.experiment_name)"),
+    parent: Optional[str] = typer.Option(None, help="a sweep's or a table's parent run id"),
+    run_id: Optional[list[str]] = typer.Option(None, "--run", help="run id(s) to report on"),
+    out: str = typer.Option("report", help="output folder"),
+) -> None:
+    """Pivot, curves, CSV, RobustBench-layout JSON and a self-contained Markdown/HTML report over
+    the FINISHED runs of an experiment, a sweep or table parent, or given runs.
+
+    Example: defense-cli report --parent <sweep parent run id> --rows defense --cols attack.eps
+    """
+    from pathlib import Path
+
+    from defense_cli.tasks.report import ReportOptions, build_report
+
+    options = ReportOptions(rows, cols, value, experiment, parent, list(run_id or []), Path(out))
+    try:
+        result = build_report(compose(overrides or []), options)
+    except ConfigError as err:
+        _fail(str(err))
+    report_console().print(result.table.to_markdown(stralign="right"))
+    typer.echo(f"{result.n_runs} runs; report, CSV, JSON and {len(result.figures)} figures in {result.folder}")
+
+
 @app.command("list")
 def list_options(group: Optional[str] = typer.Argument(None, help="a config group, e.g. defense")) -> None:
     """List the options of each config group with a one-line description.

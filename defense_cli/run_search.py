@@ -59,3 +59,11 @@ def experiment_names(uri: str) -> list[str]:
     from mlflow.tracking import MlflowClient
 
     return [experiment.name for experiment in MlflowClient(tracking_uri=uri).search_experiments()]
+
+
+def linked_runs(uri: str, parent_run_id: str) -> list[str]:
+    """Runs a table's parent links as its cells (tags `cell.<cell>`), reused ones included."""
+    from mlflow.tracking import MlflowClient
+
+    tags = MlflowClient(tracking_uri=uri).get_run(parent_run_id).data.tags
+    return [run_id for key, run_id in tags.items() if key.startswith("cell.")]
