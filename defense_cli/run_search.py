@@ -7,7 +7,9 @@ columns: `run_id`, `status`, `start_time`, `params.<flattened config key>`, `met
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import os
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
 
 import pandas as pd
 
@@ -23,12 +25,29 @@ def search_frame(uri: str, experiment_names: Sequence[str], filter_string: str) 
     """`mlflow.search_runs` on the store at `uri`, newest first; an unknown experiment is empty."""
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    known = [name for name in experiment_names if mlflow.get_experiment_by_name(name) is not None]
-    if not known:
-        return pd.DataFrame(columns=["run_id", "status", "start_time"])
-    return mlflow.search_runs(experiment_names=known, filter_string=filter_string, output_format="pandas",
-                              order_by=["attributes.start_time DESC"], max_results=50000)
+    with _store(uri):
+        known = [name for name in experiment_names if mlflow.get_experiment_by_name(name) is not None]
+        if not known:
+            return pd.DataFrame(columns=["run_id", "status", "start_time"])
+        return mlflow.search_runs(experiment_names=known, filter_string=filter_string, output_format="pandas",
+                                  order_by=["attributes.start_time DESC"], max_results=50000)
+
+
+@contextmanager
+def _store(uri: str) -> Iterator[None]:
+    """MLflow's search API reads the global tracking URI, which also sets $MLFLOW_TRACKING_URI:
+    both are put back afterwards, so a later `tracking_uri(cfg)` in this process is unaffected."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def runs_by_hash(uri: str, experiment_name: str, hashes: Iterable[str]) -> dict[str, str]:
