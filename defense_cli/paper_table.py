@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from defense_cli.run_search import run_flags
 from defense_cli.table_spec import Cell
 
 WORST_CASE = "worst case over attacks"
 FLAG_MARK = "!"
-CHECK_PREFIX = "tags.check."
 
 
 def cell_frame(cells: list[tuple[Cell, str]], runs: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -27,9 +27,7 @@ def cell_frame(cells: list[tuple[Cell, str]], runs: pd.DataFrame, metric: str) -
     for cell, run_id in cells:
         run = runs.loc[run_id]
         measured = 100 * float(run[f"metrics.{metric}"])
-        flags = [f"{name.removeprefix(CHECK_PREFIX)}: {value.removeprefix('FLAG: ')}"
-                 for name, value in run.items()
-                 if name.startswith(CHECK_PREFIX) and isinstance(value, str) and value.startswith("FLAG")]
+        flags = run_flags(run)
         published = math.nan if cell.published is None else float(cell.published)
         rows.append({"attack": cell.attack, "defense": cell.defense, "measured": measured, "published": published,
                      "difference": measured - published, "n_images": int(run["metrics.n_images"]),

@@ -37,14 +37,7 @@ def curve(frame: pd.DataFrame, x: str, y: str, group: str, path: Path, x_label: 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, line in stats.groupby(group):
         ax.errorbar(line["_x"], line["mean"], yerr=line["std"].fillna(0), marker="o", capsize=3, label=str(name))
-    ax.set_xlabel(x_label)
-    ax.set_ylabel(y_label)
-    ax.grid(alpha=0.3)
-    ax.legend(title=group.split(".")[-1], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path, x_label, y_label, group)
 
 
 def scatter(frame: pd.DataFrame, x: str, y: str, group: str, path: Path, x_label: str, y_label: str) -> Path | None:
@@ -55,6 +48,11 @@ def scatter(frame: pd.DataFrame, x: str, y: str, group: str, path: Path, x_label
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, points in frame.groupby(group):
         ax.scatter(points[x].astype(float), points[y].astype(float), label=str(name))
+    return _save(plt, fig, ax, path, x_label, y_label, group)
+
+
+def _save(plt, fig, ax, path: Path, x_label: str, y_label: str, group: str) -> Path:
+    """Axis labels, grid and legend (titled by the group key), then the PNG."""
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.grid(alpha=0.3)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from defense_cli.errors import ConfigError
+from defense_cli.run_search import run_flags
 
 #: The fields of a JSON row (documented in docs/tables-and-reports.md): name -> JSON type.
 #: RobustBench's layout (name, dataset, architecture, threat_model, eps, clean_acc, and the
@@ -82,17 +83,16 @@ def robustbench_rows(frame: pd.DataFrame) -> list[dict]:
 
     rows = []
     for _, run in frame.iterrows():
-        flags = [f"{name.removeprefix('tags.check.')}: {value.removeprefix('FLAG: ')}" for name, value in run.items()
-                 if name.startswith("tags.check.") and isinstance(value, str) and value.startswith("FLAG")]
+        eps = pd.to_numeric(run.get("params.attack.eps"), errors="coerce")
         rows.append({
             "name": field(run, "tags.defense"), "run_id": run["run_id"], "dataset": field(run, "tags.dataset"),
             "architecture": field(run, "tags.model"),
             "threat_model": NORMS.get(field(run, "params.attack.norm"), field(run, "params.attack.norm", "none")),
-            "eps": float(pd.to_numeric(run.get("params.attack.eps"), errors="coerce") or 0.0),
+            "eps": 0.0 if pd.isna(eps) else float(eps),
             "clean_acc": f"{100 * run['metrics.defended_clean_accuracy']:.2f}",
             "robust_acc": f"{100 * run['metrics.robust_accuracy']:.2f}",
             "attack": field(run, "tags.attack"), "attack_strength": field(run, "tags.attack_strength"),
-            "evaluation": field(run, "tags.threat_model"), "n_images": int(run["metrics.n_images"]), "flags": flags,
+            "evaluation": field(run, "tags.threat_model"), "n_images": int(run["metrics.n_images"]), "flags": run_flags(run),
         })
     return rows
 

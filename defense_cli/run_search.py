@@ -86,3 +86,9 @@ def linked_runs(uri: str, parent_run_id: str) -> list[str]:
 
     tags = MlflowClient(tracking_uri=uri).get_run(parent_run_id).data.tags
     return [run_id for key, run_id in tags.items() if key.startswith("cell.")]
+
+
+def run_flags(run: pd.Series) -> list[str]:
+    """The validity checks a run (one frame row) failed, as "name: message"."""
+    return [f"{name.removeprefix('tags.check.')}: {value.removeprefix('FLAG: ')}" for name, value in run.items()
+            if name.startswith("tags.check.") and isinstance(value, str) and value.startswith("FLAG")]
