@@ -18,7 +18,7 @@ from typing import Callable
 import pandas as pd
 from omegaconf import DictConfig
 
-from defense_cli.config import compose, config_hash
+from defense_cli.config import VOLATILE_KEYS, compose, config_hash
 from defense_cli.paper_table import cell_frame, heat_map, layout, markdown
 from defense_cli.run_search import runs_by_hash, runs_frame
 from defense_cli.table_spec import TableSpec, cell_overrides, write_cell_group
@@ -100,7 +100,8 @@ def _finish(spec: TableSpec, options: TableOptions, hashes: dict, uri: str, expe
 
 
 def caption(spec: TableSpec, options: TableOptions, frame: pd.DataFrame, runs: pd.DataFrame) -> str:
-    """What was measured, on what, with which attack strength and which scaling."""
+    """What was measured, on what, with which attack strength and which scaling (--limit, the
+    reduced setup, and every extra override but those of VOLATILE_KEYS)."""
     d = spec.data
     images = ", ".join(str(n) for n in sorted(frame["n_images"].unique()))
     data = ", ".join(sorted(runs["params.dataset.name"].unique()))
@@ -108,6 +109,7 @@ def caption(spec: TableSpec, options: TableOptions, frame: pd.DataFrame, runs: p
     strengths = "; ".join(f"{attack}: {' / '.join(dict.fromkeys(group['attack_strength']))}"
                           for attack, group in frame.groupby("attack", sort=False))
     scaling = [f"--limit {options.limit}"] if options.limit else []
+    scaling += [o for o in options.overrides if o.split("=")[0].split(".")[0] not in VOLATILE_KEYS]
     if options.reduced:
         scaling.append(f"reduced setup ({' '.join(spec.reduced['overrides'])}): {spec.reduced['note']}")
     source = f"{d['paper'][:3]} Table {d['table']}, " if "paper" in d else ""
