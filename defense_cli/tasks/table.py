@@ -11,6 +11,7 @@ map) is written to `experiments/results/<spec name>/` beside the spec and logged
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -58,7 +59,8 @@ def run_table(path: Path, options: TableOptions, run_cells: Callable[[list[str]]
     todo = [cell.choice for cell in spec.cells if hashes[cell] not in reused]
     tracker = Tracker(uri, experiment)
     parent = RunLog(tracker.client, tracker.client.create_run(tracker.experiment_id, tags={
-        "mlflow.runName": f"table {spec.name}", "table": spec.name, "git_commit": git_commit()}).info.run_id)
+        "mlflow.runName": f"table {spec.name}", "table": spec.name, "git_commit": git_commit(),
+        "cells_run": str(len(todo)), "cells_reused": str(len(spec.cells) - len(todo))}).info.run_id)
     try:
         if todo:
             run_cells(["-m", *common, *cell_overrides(work, todo), f"mlflow.parent_run_id={parent.run_id}",
@@ -109,7 +111,7 @@ def caption(spec: TableSpec, options: TableOptions, frame: pd.DataFrame, runs: p
     strengths = "; ".join(f"{attack}: {' / '.join(dict.fromkeys(group['attack_strength']))}"
                           for attack, group in frame.groupby("attack", sort=False))
     scaling = [f"--limit {options.limit}"] if options.limit else []
-    scaling += [o for o in options.overrides if o.split("=")[0].split(".")[0] not in VOLATILE_KEYS]
+    scaling += [o for o in options.overrides if re.split(r"[./=]", o)[0] not in VOLATILE_KEYS]
     if options.reduced:
         scaling.append(f"reduced setup ({' '.join(spec.reduced['overrides'])}): {spec.reduced['note']}")
     source = f"{d['paper'][:3]} Table {d['table']}, " if "paper" in d else ""
