@@ -57,20 +57,14 @@ def run_table(path: Path, options: TableOptions, run_cells: Callable[[list[str]]
     uri, experiment = tracking_uri(first), first.mlflow.experiment_name
     reused = {} if options.rerun else runs_by_hash(uri, experiment, hashes.values())
     todo = [cell.choice for cell in spec.cells if hashes[cell] not in reused]
-    tracker = Tracker(uri, experiment)
-    parent = RunLog(tracker.client, tracker.client.create_run(tracker.experiment_id, tags={
-        "mlflow.runName": f"table {spec.name}", "table": spec.name, "git_commit": git_commit(),
-        "cells_run": str(len(todo)), "cells_reused": str(len(spec.cells) - len(todo))}).info.run_id)
-    try:
+    tags = {"table": spec.name, "git_commit": git_commit(), "cells_run": str(len(todo)),
+            "cells_reused": str(len(spec.cells) - len(todo))}
+    with Tracker(uri, experiment).run(f"table {spec.name}", tags) as parent:
         if todo:
             run_cells(["-m", *common, *cell_overrides(work, todo), f"mlflow.parent_run_id={parent.run_id}",
                        f"hydra.sweep.dir={work / 'multirun'}"])
-        result = _finish(spec, options, hashes, uri, experiment, parent)
-    except BaseException as err:
-        parent.fail(f"{type(err).__name__}: {err}")
-        raise
-    tracker.client.set_terminated(parent.run_id, status="FINISHED")
-    return TableResult(parent.run_id, len(todo), len(spec.cells) - len(todo), *result)
+        folder, text = _finish(spec, options, hashes, uri, experiment, parent)
+    return TableResult(parent.run_id, len(todo), len(spec.cells) - len(todo), folder, text)
 
 
 def _checked(cfg: DictConfig) -> DictConfig:
