@@ -47,7 +47,7 @@ def test_table_runs_each_cell_once_and_reuses_finished_cells(home, shared_cache)
     vanilla_fgsm = cells[(cells.attack == "FGSM") & (cells.defense == "Vanilla")].iloc[0]
     assert f"{vanilla_fgsm.measured:.1f} (10.0)" in markdown and "64 test images of mnist5k" in markdown
     worst = cells[cells.defense == "JPEG"].measured.min()
-    assert f"worst case over attacks" in markdown and f"{worst:.1f}" in markdown
+    assert "worst case over attacks" in markdown and f"{worst:.1f}" in markdown
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"table.md", "table.csv", "heatmap.png"}
     assert (folder / "heatmap.png").stat().st_size > 1000
