@@ -198,7 +198,7 @@ def report_command(
         result = build_report(compose(overrides or []), options)
     except ConfigError as err:
         _fail(str(err))
-    report_console().print(result.table.to_markdown(stralign="right"))
+    report_console().print(result.table.to_markdown(stralign="right", disable_numparse=True))
     typer.echo(f"{result.n_runs} runs; report, CSV, JSON and {len(result.figures)} figures in {result.folder}")
 
 

@@ -62,7 +62,7 @@ def layout(frame: pd.DataFrame, clean_attacks: set[str]) -> pd.DataFrame:
 def markdown(table: pd.DataFrame, caption: str, frame: pd.DataFrame) -> str:
     """Caption, the table, and one note per flagged cell."""
     notes = [f"- {FLAG_MARK} {row.attack} / {row.defense}: {row.flags}" for row in frame.itertuples() if row.flags]
-    body = table.to_markdown(stralign="right")
+    body = table.to_markdown(stralign="right", disable_numparse=True)
     return "\n\n".join(part for part in (caption, body, "\n".join(notes)) if part) + "\n"
 
 

@@ -104,7 +104,7 @@ def _inline(path: Path) -> str:
 def markdown_document(title: str, summary: str, table: pd.DataFrame, figures: dict[str, Path]) -> str:
     """Title, what was selected, the pivot and every figure as an inline PNG."""
     images = "\n\n".join(f"![{caption}]({_inline(path)})" for caption, path in figures.items())
-    return f"# {title}\n\n{summary}\n\n{table.to_markdown(stralign='right')}\n\n{images}\n"
+    return f"# {title}\n\n{summary}\n\n{table.to_markdown(stralign='right', disable_numparse=True)}\n\n{images}\n"
 
 
 def html_document(title: str, summary: str, table: pd.DataFrame, figures: dict[str, Path]) -> str:
