@@ -75,14 +75,24 @@ def build_report(cfg: DictConfig, options: ReportOptions) -> ReportResult:
 
 def _figures(frame: pd.DataFrame, options: ReportOptions, folder: Path) -> dict[str, Path]:
     """Every figure the runs allow: eps and steps curves need two values of the key."""
-    value, group = metric_column(frame, options.value), key_column(frame, options.rows)
+    value, group, title = metric_column(frame, options.value), key_column(frame, options.rows), context(frame)
     drawn = {
         f"{options.value} against eps": curve(frame, "params.attack.eps", value, group, folder / "eps_curve.png",
-                                              "attack eps (pixel scale)", options.value),
+                                              "attack eps (pixel scale)", options.value, title),
         f"{options.value} against attack steps": curve(frame, "params.attack.steps", value, group,
-                                                       folder / "steps_curve.png", "attack steps", options.value),
+                                                       folder / "steps_curve.png", "attack steps", options.value, title),
         "clean vs robust accuracy": scatter(frame, "metrics.defended_clean_accuracy", "metrics.robust_accuracy",
                                             group, folder / "clean_vs_robust.png", "defended clean accuracy",
-                                            "robust accuracy"),
+                                            "robust accuracy", title),
     }
     return {caption: path for caption, path in drawn.items() if path is not None}
+
+
+def context(frame: pd.DataFrame) -> str:
+    """Data, images, model, attack and threat model of the runs, for the figures' titles."""
+    def values(column: str) -> str:
+        return "/".join(sorted({str(v) for v in frame[column].dropna()})) if column in frame else "?"
+
+    images = "/".join(sorted({str(int(n)) for n in frame["metrics.n_images"]}))
+    return (f"{values('tags.dataset')}, {images} test images, {values('tags.model')}, attack "
+            f"{values('tags.attack')}, {values('tags.threat_model')}")
