@@ -140,6 +140,68 @@ def compress_command(ctx: typer.Context) -> None:
     _dispatch(_compress_task, ["--config-name", COMPRESS_CONFIG_NAME, *ctx.args])
 
 
+@app.command("table")
+def table_command(
+    spec: str = typer.Argument(..., help="a table spec, e.g. experiments/000_table4_2_white_box_cifar10.yaml"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="extra overrides (hydra/launcher=joblib, ...)"),
+    limit: Optional[int] = typer.Option(None, min=1, help="test images per cell (dataset.limit)"),
+    reduced: bool = typer.Option(False, help="the spec's reduced setup for a machine without a GPU"),
+    rerun: bool = typer.Option(False, help="run every cell again, even those with a FINISHED run"),
+    metric: str = typer.Option("robust_accuracy", help="the metric in the cells"),
+) -> None:
+    """Run a paper-table spec as one Hydra multirun (one MLflow parent, one child per cell,
+    FINISHED cells reused) and write the table, measured (published), to experiments/results/.
+
+    Example: defense-cli table experiments/000_table4_2_white_box_cifar10.yaml --reduced --limit 200
+    """
+    from pathlib import Path
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from defense_cli.tasks.table import TableOptions, run_table
+
+    options = TableOptions(limit, reduced, rerun, metric, list(overrides or []))
+    try:
+        result = run_table(Path(spec), options, lambda args: _dispatch(_run_task, args))
+    except ConfigError as err:
+        _fail(str(err))
+    except (HydraException, OmegaConfBaseException) as err:
+        _fail(explain_config_error(err, options.overrides))
+    typer.echo(result.markdown)
+    typer.echo(f"cells run: {result.ran}, reused: {result.reused}; written to {result.folder}; "
+               f"MLflow parent run {result.parent_run_id}")
+
+
+@app.command("report")
+def report_command(
+    overrides: Optional[list[str]] = typer.Argument(None, help="overrides that choose the store (paths.home=...)"),
+    rows: str = typer.Option("defense", help="config key, group or metric of the rows"),
+    cols: str = typer.Option("attack.eps", help="config key, group or metric of the columns"),
+    value: str = typer.Option("robust_accuracy", help="the metric in the cells"),
+    experiment: Optional[str] = typer.Option(None, help="MLflow experiment (default: mlflow.experiment_name)"),
+    parent: Optional[str] = typer.Option(None, help="a sweep's or a table's parent run id"),
+    run_id: Optional[list[str]] = typer.Option(None, "--run", help="run id(s) to report on"),
+    out: str = typer.Option("report", help="output folder"),
+) -> None:
+    """Pivot, curves, CSV, RobustBench-layout JSON and a self-contained Markdown/HTML report over
+    the FINISHED runs of an experiment, a sweep or table parent, or given runs.
+
+    Example: defense-cli report --parent <sweep parent run id> --rows defense --cols attack.eps
+    """
+    from pathlib import Path
+
+    from defense_cli.tasks.report import ReportOptions, build_report
+
+    options = ReportOptions(rows, cols, value, experiment, parent, list(run_id or []), Path(out))
+    try:
+        result = build_report(compose(overrides or []), options)
+    except ConfigError as err:
+        _fail(str(err))
+    report_console().print(result.table.to_markdown(stralign="right", disable_numparse=True))
+    typer.echo(f"{result.n_runs} runs; report, CSV, JSON and {len(result.figures)} figures in {result.folder}")
+
+
 @app.command("list")
 def list_options(group: Optional[str] = typer.Argument(None, help="a config group, e.g. defense")) -> None:
     """List the options of each config group with a one-line description.

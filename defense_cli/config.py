@@ -7,6 +7,8 @@ the cache, so a bad value leaves no half-written state.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from importlib import resources
 from pathlib import Path
@@ -75,6 +77,22 @@ def compose_group_option(group: str, option: str) -> DictConfig:
         raise ConfigError(f"{group}={option!r} is unknown; allowed: {', '.join(options)}.")
     root = compose([f"{group}={option}"], config_name=COMPRESS_CONFIG_NAME if group == "compress" else CONFIG_NAME)
     return OmegaConf.create(OmegaConf.to_container(root[group], resolve=True))
+
+
+#: Root keys that say where a run is stored, not what it computes; `config_hash` leaves them out.
+VOLATILE_KEYS = ("paths", "mlflow", "hydra")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """The identity of a run's computation: SHA-256 of the resolved config without VOLATILE_KEYS.
+
+    Every run carries it as the MLflow tag `config_hash`, so a table (or any later command) finds
+    the FINISHED run that already computed a cell, whichever command or launcher ran it.
+    """
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in VOLATILE_KEYS:
+        data.pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 # --- validation -----------------------------------------------------------------------------

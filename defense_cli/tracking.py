@@ -4,8 +4,9 @@ Runs are written through `MlflowClient` to a SQLite store (`sqlite:///<home>/mlf
 `mlflow.tracking_uri` or `MLFLOW_TRACKING_URI` says otherwise). A run is opened only after the
 config and inputs are validated, and any exception inside it marks it FAILED with the error as a
 tag; Ctrl-C, SIGTERM and SIGHUP (`defense_cli.termination`) mark it KILLED with the signal's name
-in the tag `signal`. A Hydra sweep gets one parent run, created by `SweepParentRunCallback`, and
-every job becomes its child; a signal marks the parent KILLED too (`close_open_runs`).
+in the tag `signal`. A Hydra sweep gets one parent run, created by `SweepParentRunCallback`
+(or given as `mlflow.parent_run_id`, as `defense-cli table` does), and every job becomes its
+child; a signal marks the parent KILLED too (`close_open_runs`).
 
 Against SIGKILL and lost machines, which no handler sees, every run records its host, process id
 and process start time, and a thread refreshes its `heartbeat` tag (Unix seconds) every
@@ -13,6 +14,7 @@ and process start time, and a thread refreshes its `heartbeat` tag (Unix seconds
 host) or whose heartbeat is too old (any host); `Tracker.mark_stale` closes them FAILED with the
 reason in the tag `stale_reason`. Opening a run first does this for the dead processes of its own
 host (never by heartbeat age: a slow store must not fail a live run of another machine).
+Reads through MLflow's search API are in `defense_cli.run_search`.
 """
 
 from __future__ import annotations
@@ -313,6 +315,7 @@ class SweepParentRunCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Open the parent run, or adopt `mlflow.parent_run_id` (a run its owner closes)."""
         from defense_cli.environment import process_tags
         from defense_cli.errors import ConfigError
 
@@ -321,22 +324,24 @@ class SweepParentRunCallback(Callback):
         except Exception as err:
             raise ConfigError(f"mlflow.tracking_uri={tracking_uri(config)!r} cannot be opened: {err}") from err
         sweep_dir = Path(config.hydra.sweep.dir)
-        overrides = " ".join(config.hydra.overrides.task)
-        run = tracker.client.create_run(
-            tracker.experiment_id,
-            tags={"mlflow.runName": f"sweep {overrides}"[:250], "sweep": "parent",
-                  "sweep_dir": str(sweep_dir.resolve()), "git_commit": git_commit(), **process_tags()},
-        )
+        run_id = config.mlflow.get("parent_run_id")
+        if not run_id:
+            overrides = " ".join(config.hydra.overrides.task)
+            run_id = tracker.client.create_run(
+                tracker.experiment_id,
+                tags={"mlflow.runName": f"sweep {overrides}"[:250], "sweep": "parent",
+                      "sweep_dir": str(sweep_dir.resolve()), "git_commit": git_commit(), **process_tags()},
+            ).info.run_id
+            self._live = LiveRun(tracker.client, run_id, tracker.heartbeat_seconds).start()
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run.info.run_id, "uri": tracker.uri}))
-        self._live = LiveRun(tracker.client, run.info.run_id, tracker.heartbeat_seconds).start()
+        (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run_id, "uri": tracker.uri}))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         live = getattr(self, "_live", None)
         if live is not None:
             live.stop()
         record = read_parent_run(Path(config.hydra.sweep.dir))
-        if record is None:
+        if record is None or config.mlflow.get("parent_run_id"):
             return
         tracker = Tracker.from_config(config)
         if tracker.client.get_run(record).info.status == "RUNNING":

@@ -15,13 +15,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "defense_cli"
 #: import units of lower layers and modules of its own unit, never one of its own layer or above.
 LAYERS = [
     {"errors", "environment", "termination"},
-    {"artifact_cache", "instantiate", "parameter_checks", "config", "tracking", "results_table",
+    {"artifact_cache", "instantiate", "parameter_checks", "config", "tracking", "run_search", "results_table",
      "image_quality", "metrics", "visualize"},
-    {"data", "models"},
+    {"data", "models", "table_spec"},
     {"defenses"},
     {"attacks"},
     {"training", "compression", "evaluation", "validity"},
-    {"results"},
+    {"results", "paper_table", "run_report", "report_plots"},
     {"tasks", "bench"},
     {"hydra_app"},
     {"cli"},

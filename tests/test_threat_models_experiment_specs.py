@@ -1,25 +1,22 @@
-"""Every paper-table spec in experiments/ is one threat model and each of its runs composes and
-validates; every conf/experiment config composes and validates."""
+"""Every paper-table spec in experiments/ is one threat model; its grid expands, as the Hydra
+multirun that `defense-cli table` launches, to the number of cells it declares; each cell composes
+through the written `table_cell` group and validates; every conf/experiment config composes."""
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import pytest
 import yaml
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from defense_cli.config import compose, conf_dir, group_options
+from defense_cli.config import compose, conf_dir, config_hash, group_options
+from defense_cli.table_spec import TableSpec, cell_overrides, write_cell_group
 from defense_cli.tasks.prepare import check_config
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.yaml"))
 EXPERIMENTS = sorted(group_options("experiment"))
-
-
-def spec_runs(spec: dict) -> list[list[str]]:
-    """overrides + attack overrides + defense overrides, for every cell of the table."""
-    return [[*spec["overrides"], *attack, *defense]
-            for attack, defense in itertools.product(spec["attacks"].values(), spec["defenses"].values())]
 
 
 def test_there_is_a_spec_for_every_seed_table():
@@ -29,17 +26,37 @@ def test_there_is_a_spec_for_every_seed_table():
 
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
-def test_spec_is_one_threat_model_and_its_runs_compose(path: Path):
-    spec = yaml.safe_load(path.read_text())
-    assert f"threat_model={spec['threat_model']}" in spec["overrides"]
-    for label in spec.get("paper_results", {}):
-        assert label in spec["attacks"], f"paper_results row {label!r} is not an attack of the spec"
-    for overrides in spec_runs(spec):
-        assert not any(o.startswith("threat_model=") and o != f"threat_model={spec['threat_model']}"
-                       for o in overrides)
-        cfg = compose(overrides)
-        check_config(cfg)
-        assert cfg.threat_model.name == spec["threat_model"]
+def test_spec_grid_expands_to_its_declared_cells(path: Path, tmp_path: Path):
+    spec = TableSpec.load(path)
+    write_cell_group(spec.cells, tmp_path)
+    sweep = cell_overrides(tmp_path, [cell.choice for cell in spec.cells])
+    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(sweep), None)
+    jobs = [job for batch in batches for job in batch]
+    assert len(jobs) == spec.data["cells"] == len(spec.data["attacks"]) * len(spec.data["defenses"])
+    assert len({tuple(job) for job in jobs}) == len(jobs)
+    assert {path.stem for path in (tmp_path / "table_cell").glob("*.yaml")} == {c.choice for c in spec.cells}
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_spec_is_one_threat_model_and_its_cells_compose(path: Path, tmp_path: Path):
+    spec = TableSpec.load(path)
+    assert f"threat_model={spec.data['threat_model']}" in spec.data["overrides"]
+    for label in spec.data.get("paper_results", {}):
+        assert label in spec.data["attacks"], f"paper_results row {label!r} is not an attack of the spec"
+    write_cell_group(spec.cells, tmp_path)
+    setups = [False, True] if spec.reduced else [False]
+    for reduced in setups:
+        common = spec.common_overrides(reduced, None)
+        for cell in spec.cells:
+            assert not any(o.startswith("threat_model=") and o != f"threat_model={spec.data['threat_model']}"
+                           for o in cell.overrides)
+            cfg = compose([*common, *cell_overrides(tmp_path, [cell.choice])])
+            check_config(cfg)
+            assert cfg.threat_model.name == spec.data["threat_model"]
+    first = spec.cells[0]
+    through_group = compose([*spec.common_overrides(False, None), *cell_overrides(tmp_path, [first.choice])])
+    as_overrides = compose([*spec.common_overrides(False, None), *first.overrides])
+    assert config_hash(through_group) == config_hash(as_overrides)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from defense_cli.artifact_cache import cache_key
 from defense_cli.attacks import build_attack, build_threat_model
 from defense_cli.attacks.threat_models import BlackBox
-from defense_cli.config import validate
+from defense_cli.config import config_hash, validate
 from defense_cli.data import Dataset, DatasetSplits, load_dataset
 from defense_cli.defenses import build_defense
 from defense_cli.environment import git_commit
@@ -57,7 +57,7 @@ def run_tags(cfg: DictConfig, stage: str) -> dict[str, str]:
     commit = git_commit()
     return {"dataset": cfg.dataset.name, "model": cfg.model.name, "defense": cfg.defense.name,
             "attack": cfg.attack.name, "threat_model": cfg.threat_model.name, "stage": stage,
-            "setting": setting_key(cfg), "git_commit": commit, "mlflow.source.git.commit": commit}
+            "setting": setting_key(cfg), "config_hash": config_hash(cfg), "git_commit": commit, "mlflow.source.git.commit": commit}
 
 
 @dataclass

@@ -1,0 +1,124 @@
+"""A paper-table spec (`experiments/*.yaml`) and its cells as a Hydra config group.
+
+A spec names its `caption` and `threat_model`, optionally the `paper` (seed file) and its
+`table` number, common `overrides`, `attacks` and `defenses` (label -> overrides), the table's
+`cells` count (attacks x defenses) and, optionally, `paper_results` (attack -> defense -> % as
+printed) and a `reduced` setup for a machine without a GPU (`overrides` that replace the spec's
+keys, and a `note`). Each cell becomes one `# @package _global_` config of the group
+`table_cell` (group choices as `override /group@package: option` defaults, values as keys), so
+the whole table is ONE Hydra multirun, `+table_cell=<cell>,<cell>,...`, that any launcher runs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from defense_cli.config import conf_dir
+from defense_cli.errors import ConfigError
+
+CELL_GROUP = "table_cell"
+REQUIRED_KEYS = ("caption", "threat_model", "overrides", "attacks", "defenses", "cells")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (attack, defense) cell: its labels as printed, its overrides and the published %."""
+
+    attack: str
+    defense: str
+    overrides: tuple[str, ...]
+    published: float | None
+
+    @property
+    def choice(self) -> str:
+        """The cell's option name in the `table_cell` group (letters, digits, underscores)."""
+        return re.sub(r"[^a-z0-9]+", "_", f"{self.attack}__{self.defense}".lower()).strip("_")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    path: Path
+    data: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: Path) -> TableSpec:
+        """Read and check a spec; a missing file or key is a ConfigError naming it."""
+        if not path.is_file():
+            raise ConfigError(f"table spec {str(path)!r} does not exist; specs are the YAML files in experiments/.")
+        data = yaml.safe_load(path.read_text()) or {}
+        missing = [key for key in REQUIRED_KEYS if key not in data]
+        if missing:
+            raise ConfigError(f"table spec {path.name} lacks {', '.join(missing)}; a spec needs "
+                              f"{', '.join(REQUIRED_KEYS)} (see experiments/README.md).")
+        spec = cls(path, data)
+        if len(spec.cells) != data["cells"]:
+            raise ConfigError(f"table spec {path.name} declares cells: {data['cells']} but its "
+                              f"{len(data['attacks'])} attacks x {len(data['defenses'])} defenses make {len(spec.cells)}.")
+        return spec
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def cells(self) -> list[Cell]:
+        published = self.data.get("paper_results") or {}
+        return [Cell(attack, defense, (*attack_overrides, *defense_overrides),
+                     published.get(attack, {}).get(defense))
+                for attack, attack_overrides in self.data["attacks"].items()
+                for defense, defense_overrides in self.data["defenses"].items()]
+
+    @property
+    def clean_attacks(self) -> set[str]:
+        """Attack labels that are no attack (`attack=none`): the table's clean-accuracy rows."""
+        return {label for label, overrides in self.data["attacks"].items() if "attack=none" in overrides}
+
+    @property
+    def reduced(self) -> dict[str, Any] | None:
+        return self.data.get("reduced")
+
+    def common_overrides(self, reduced: bool, limit: int | None) -> list[str]:
+        """The spec's overrides, with the reduced setup's keys replacing its own, then `--limit`."""
+        if reduced and not self.reduced:
+            raise ConfigError(f"table spec {self.path.name} names no reduced setup; run it without --reduced.")
+        merged = {_key(o): o for o in self.data["overrides"]}
+        merged.update({_key(o): o for o in (self.reduced["overrides"] if reduced else [])})
+        return [*merged.values(), *([f"dataset.limit={limit}"] if limit else [])]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0]
+
+
+def cell_config(overrides: tuple[str, ...]) -> str:
+    """A cell's overrides as a `_global_` config: group choices become defaults, the rest values."""
+    groups = {path.name for path in conf_dir().iterdir() if path.is_dir()}
+    defaults, values = [], []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.split("@")[0] in groups:
+            defaults.append({f"override /{key}": value})
+        else:
+            values.append(override)
+    body = OmegaConf.to_container(OmegaConf.from_dotlist(values))
+    text = yaml.safe_dump({"defaults": defaults, **body}, sort_keys=False) if defaults else yaml.safe_dump(body)
+    return "# @package _global_\n" + text
+
+
+def write_cell_group(cells: list[Cell], search_dir: Path) -> None:
+    """Write `<search_dir>/table_cell/<choice>.yaml` for every cell."""
+    folder = search_dir / CELL_GROUP
+    folder.mkdir(parents=True, exist_ok=True)
+    for cell in cells:
+        (folder / f"{cell.choice}.yaml").write_text(cell_config(cell.overrides))
+
+
+def cell_overrides(search_dir: Path, choices: list[str]) -> list[str]:
+    """The overrides that pick cells from the written group (a sweep when there are several)."""
+    return [f"hydra.searchpath=[file://{search_dir.resolve()}]", f"+{CELL_GROUP}={','.join(choices)}"]

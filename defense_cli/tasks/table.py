@@ -1,0 +1,114 @@
+"""The `table` task: a paper-table spec run as one Hydra multirun under one MLflow parent run.
+
+Every cell is composed and checked first (a bad spec writes nothing). A cell whose config hash
+(`config.config_hash`, the run tag `config_hash`) already has a FINISHED run is not run again
+unless `rerun`: its run is reused and linked from the parent (tag `cell.<cell>`). The remaining
+cells run as `+table_cell=<cell>,...` with `mlflow.parent_run_id` set, so every Hydra launcher
+runs them and each becomes a child of the table's parent. The filled table (Markdown, CSV, heat
+map) is written to `experiments/results/<spec name>/` beside the spec and logged on the parent.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from defense_cli.config import VOLATILE_KEYS, compose, config_hash
+from defense_cli.paper_table import cell_frame, heat_map, layout, markdown
+from defense_cli.run_search import runs_by_hash, runs_frame
+from defense_cli.table_spec import TableSpec, cell_overrides, write_cell_group
+from defense_cli.tasks.prepare import check_config
+from defense_cli.tracking import RunLog, Tracker, git_commit, home_dir, tracking_uri
+
+
+@dataclass
+class TableOptions:
+    limit: int | None = None
+    reduced: bool = False
+    rerun: bool = False
+    metric: str = "robust_accuracy"
+    overrides: list[str] = field(default_factory=list)   # e.g. hydra/launcher=joblib, paths.home=...
+
+
+@dataclass
+class TableResult:
+    parent_run_id: str
+    ran: int
+    reused: int
+    folder: Path
+    markdown: str
+
+
+def run_table(path: Path, options: TableOptions, run_cells: Callable[[list[str]], None]) -> TableResult:
+    """Run (or reuse) every cell of the spec at `path`; `run_cells(args)` runs a Hydra multirun."""
+    spec = TableSpec.load(path)
+    common = [*spec.common_overrides(options.reduced, options.limit), *options.overrides]
+    first = compose(common)
+    work = home_dir(first) / "outputs" / "tables" / spec.name / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    write_cell_group(spec.cells, work)
+    hashes = {cell: config_hash(_checked(compose([*common, *cell_overrides(work, [cell.choice])])))
+              for cell in spec.cells}
+    uri, experiment = tracking_uri(first), first.mlflow.experiment_name
+    reused = {} if options.rerun else runs_by_hash(uri, experiment, hashes.values())
+    todo = [cell.choice for cell in spec.cells if hashes[cell] not in reused]
+    tags = {"table": spec.name, "git_commit": git_commit(), "cells_run": str(len(todo)),
+            "cells_reused": str(len(spec.cells) - len(todo))}
+    with Tracker(uri, experiment).run(f"table {spec.name}", tags) as parent:
+        if todo:
+            run_cells(["-m", *common, *cell_overrides(work, todo), f"mlflow.parent_run_id={parent.run_id}",
+                       f"hydra.sweep.dir={work / 'multirun'}"])
+        folder, text = _finish(spec, options, hashes, uri, experiment, parent)
+    return TableResult(parent.run_id, len(todo), len(spec.cells) - len(todo), folder, text)
+
+
+def _checked(cfg: DictConfig) -> DictConfig:
+    check_config(cfg)
+    return cfg
+
+
+def _finish(spec: TableSpec, options: TableOptions, hashes: dict, uri: str, experiment: str,
+            parent: RunLog) -> tuple[Path, str]:
+    """Read every cell's run, write and log the table; the cells' run ids become parent tags."""
+    found = runs_by_hash(uri, experiment, hashes.values())
+    missing = [cell.choice for cell, value in hashes.items() if value not in found]
+    if missing:
+        raise RuntimeError(f"cells without a FINISHED run after the multirun: {', '.join(missing)}")
+    cells = [(cell, found[value]) for cell, value in hashes.items()]
+    runs = runs_frame(uri, [experiment], run_ids=[run_id for _, run_id in cells]).set_index("run_id")
+    frame = cell_frame(cells, runs, options.metric)
+    text = markdown(layout(frame, spec.clean_attacks), caption(spec, options, frame, runs), frame)
+    folder = spec.path.parent / "results" / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "table.md").write_text(text)
+    frame.to_csv(folder / "table.csv", index=False)
+    heat_map(frame, folder / "heatmap.png", f"{spec.name}: measured - published ({options.metric}, points)")
+    for name in ("table.md", "table.csv", "heatmap.png"):
+        parent.artifact(folder / name)
+    parent.tags({**{f"cell.{cell.choice}": run_id for cell, run_id in cells},
+                 "table_metric": options.metric})
+    return folder, text
+
+
+def caption(spec: TableSpec, options: TableOptions, frame: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """What was measured, on what, with which attack strength and which scaling (--limit, the
+    reduced setup, and every extra override but those of VOLATILE_KEYS)."""
+    d = spec.data
+    images = ", ".join(str(n) for n in sorted(frame["n_images"].unique()))
+    data = ", ".join(sorted(runs["params.dataset.name"].unique()))
+    models = ", ".join(sorted(runs["params.model.name"].unique()))
+    strengths = "; ".join(f"{attack}: {' / '.join(dict.fromkeys(group['attack_strength']))}"
+                          for attack, group in frame.groupby("attack", sort=False))
+    scaling = [f"--limit {options.limit}"] if options.limit else []
+    scaling += [o for o in options.overrides if re.split(r"[./=]", o)[0] not in VOLATILE_KEYS]
+    if options.reduced:
+        scaling.append(f"reduced setup ({' '.join(spec.reduced['overrides'])}): {spec.reduced['note']}")
+    source = f"{d['paper'][:3]} Table {d['table']}, " if "paper" in d else ""
+    return (f"**{d['caption']}** ({source}{d['threat_model']}). "
+            f"{options.metric} in %, measured (published); {images} test images of {data}, model {models}. "
+            f"Attacks: {strengths}. Scaling: {'; '.join(scaling) or 'none (the spec as written)'}.")

@@ -1,0 +1,71 @@
+"""Table specs: cells as `table_cell` configs compose to the same config as their overrides, the
+config hash ignores only where results go, the reduced setup and --limit replace the right keys,
+and the filled table's layout (published values, flags, worst case over attacks)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from defense_cli.config import compose, config_hash
+from defense_cli.errors import ConfigError
+from defense_cli.paper_table import WORST_CASE, layout, markdown
+from defense_cli.table_spec import Cell, TableSpec, cell_overrides, write_cell_group
+
+SPEC = Path(__file__).resolve().parent / "specs" / "mnist5k_two_by_two.yaml"
+MIXED = ("defense=splic", "defense@train.preprocess=splic", "attack=pgd", "attack.eps=${div:8,255}",
+         "attack.steps=7", "defense.rank=4")
+
+
+def test_a_cell_config_composes_like_its_overrides(tmp_path):
+    cell = Cell("PGD", "SPLIC", MIXED, None)
+    write_cell_group([cell], tmp_path)
+    through_group = compose(cell_overrides(tmp_path, [cell.choice]))
+    direct = compose(list(MIXED))
+    assert through_group.train.preprocess.name == "splic" and through_group.defense.rank == 4
+    assert through_group.attack.eps == pytest.approx(8 / 255)
+    assert config_hash(through_group) == config_hash(direct)
+
+
+def test_the_config_hash_ignores_paths_and_mlflow_but_not_the_computation():
+    base = config_hash(compose(["attack.eps=0.05"]))
+    assert base == config_hash(compose(["attack.eps=0.05", "paths.home=/elsewhere", "mlflow.experiment_name=x",
+                                        "mlflow.parent_run_id=abc"]))
+    assert base == config_hash(compose(["attack.eps=${div:5,100}"]))      # resolved before hashing
+    assert base != config_hash(compose(["attack.eps=0.06"]))
+    assert base != config_hash(compose(["attack.eps=0.05", "dataset.limit=64"]))
+
+
+def test_reduced_setup_and_limit_replace_the_spec_keys(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(SPEC.read_text() + "reduced:\n  overrides: [model=lenet]\n  note: smaller\n")
+    spec = TableSpec.load(spec_file)
+    common = spec.common_overrides(True, 32)
+    assert "model=lenet" in common and "model=small_cnn" not in common and common[-1] == "dataset.limit=32"
+    with pytest.raises(ConfigError, match="names no reduced setup"):
+        TableSpec.load(SPEC).common_overrides(True, None)
+
+
+def frame(rows: list[tuple[str, str, float, float, str]]) -> pd.DataFrame:
+    return pd.DataFrame([{"attack": a, "defense": d, "measured": m, "published": p, "flags": f}
+                         for a, d, m, p, f in rows])
+
+
+def test_layout_prints_measured_published_flags_and_the_worst_real_attack():
+    cells = frame([("Clean", "JPEG", 90.0, 91.0, ""), ("FGSM", "JPEG", 40.0, 45.5, ""),
+                   ("PGD", "JPEG", 20.0, math.nan, "random_without_eot: no EOT"),
+                   ("Clean", "None", 99.0, math.nan, ""), ("FGSM", "None", 5.0, 1.0, ""), ("PGD", "None", 7.5, 0.0, "")])
+    table = layout(cells, clean_attacks={"Clean"})
+    assert list(table.index) == ["Clean", "FGSM", "PGD", WORST_CASE] and list(table.columns) == ["JPEG", "None"]
+    assert table.loc["FGSM", "JPEG"] == "40.0 (45.5)" and table.loc["PGD", "JPEG"] == "20.0 !"
+    assert table.loc[WORST_CASE, "JPEG"] == "20.0" and table.loc[WORST_CASE, "None"] == "5.0"
+    text = markdown(table, "caption", cells)
+    assert "- ! PGD / JPEG: random_without_eot: no EOT" in text
+
+
+def test_one_attack_gets_no_worst_case_row():
+    table = layout(frame([("BPDA", "A", 1.0, 2.0, ""), ("BPDA", "B", 3.0, math.nan, "")]), clean_attacks=set())
+    assert WORST_CASE not in table.index
