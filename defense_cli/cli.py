@@ -82,10 +82,11 @@ def _allowed_keys(parent: str, args: list[str]) -> list[str]:
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
 
 
-def _run_task(cfg: DictConfig) -> None:
+def _run_task(cfg: DictConfig) -> float:
+    """One experiment; returns its search score (what a Hydra sweeper such as Optuna maximises)."""
     from defense_cli.tasks.run import run_experiment
 
-    run_experiment(cfg)
+    return run_experiment(cfg)["search_score"]
 
 
 def _train_task(cfg: DictConfig) -> None:
