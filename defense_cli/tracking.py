@@ -32,7 +32,6 @@ import tempfile
 import threading
 import time
 import traceback
-import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from defense_cli.environment import git_commit, process_alive
+from defense_cli.errors import TrackingUnavailable
 from defense_cli.termination import TerminatedBySignal
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,10 @@ def is_server(uri: str) -> bool:
 
 def check_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     """Raise TrackingUnavailable unless the tracking server at `uri` answers its health check."""
-    from defense_cli.errors import TrackingUnavailable
-
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
             response.read()
-    except (OSError, urllib.error.URLError) as err:
+    except OSError as err:  # URLError, refused, timed out
         raise TrackingUnavailable(
             f"mlflow.tracking_uri={uri!r} does not answer ({err}; waited at most {timeout:g} s). Start a server with "
             f"`defense-cli server` and export the MLFLOW_TRACKING_URI it prints, or leave mlflow.tracking_uri "
@@ -176,12 +174,10 @@ class Tracker:
 
     def _raise_unavailable(self, run_id: str, store_err: Exception, cause: BaseException) -> None:
         """The store stopped answering while a run was open: say so, and where the results are."""
-        from defense_cli.errors import TrackingUnavailable
-
         raise TrackingUnavailable(
             f"the tracking store {self.uri} stopped answering ({type(store_err).__name__}: {store_err}); run "
-            f"{run_id} could not be closed and stays RUNNING there. Results this job computed are kept in "
-            f"its Hydra output folder ({RESULTS_FILE})."
+            f"{run_id} could not be closed and stays RUNNING there (`defense-cli runs --stale` closes it once the "
+            f"server is back). Results this job computed are kept in its Hydra output folder ({RESULTS_FILE})."
         ) from cause
 
     def finished_runs(self, tags: Mapping[str, str], metric: str) -> dict[str, tuple[dict[str, str], float]]:
@@ -365,7 +361,7 @@ class SweepParentRunCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Open the parent run, or adopt `mlflow.parent_run_id` (a run its owner closes)."""
         from defense_cli.environment import process_tags
-        from defense_cli.errors import ConfigError, TrackingUnavailable
+        from defense_cli.errors import ConfigError
 
         try:
             tracker = Tracker.from_config(config)
@@ -385,6 +381,11 @@ class SweepParentRunCallback(Callback):
             self._live = LiveRun(tracker.client, run_id, tracker.heartbeat_seconds).start()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run_id, "uri": tracker.uri}))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Launchers (joblib, Ray, submitit) pickle the callbacks to their workers; the parent run's
+        heartbeat thread cannot be pickled and stays in the process that started the sweep."""
+        return {key: value for key, value in self.__dict__.items() if key != "_live"}
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         live = getattr(self, "_live", None)

@@ -1,19 +1,22 @@
-"""Hydra's Ray and submitit launchers and the Optuna sweeper run `defense-cli run -m`: every job is
-a child of the sweep's parent run, over a real tracking server on 127.0.0.1 (the extras
-`defense-cli[ray]`, `[slurm]`, `[optuna]`; skipped where they are not installed)."""
+"""`defense-cli run -m` under Hydra's basic, Ray and submitit launchers, over a real tracking server
+on 127.0.0.1, and under the Optuna sweeper: every job is a child of the sweep's parent run (the
+extras `defense-cli[ray]`, `[slurm]`, `[optuna]`; their tests skip where they are not installed)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import yaml
 
 from conftest import run_cli, runs_at, runs_in, sweep_runs
-
-pytestmark = pytest.mark.slow
+from defense_cli.results import search_score
+from defense_cli.tracking import RESULTS_FILE
 
 SWEEP = ["run", "-m", "defense=none,jpeg", "attack.eps=0.02,0.05", "dataset.limit=24", "train.epochs=1",
          "eval_batch_size=24", "attack.steps=2", "num_samples_grid=0"]
 LAUNCHERS = {
+    "basic": (None, []),
     "ray": ("hydra_plugins.hydra_ray_launcher",
             ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2", "+hydra.launcher.ray.remote.num_cpus=1"]),
     "submitit_local": ("hydra_plugins.hydra_submitit_launcher",
@@ -21,11 +24,13 @@ LAUNCHERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_a_2x2_sweep_under_the_launcher_nests_four_finished_children(launcher, tracking_server, tmp_path,
                                                                      shared_cache):
     plugin, overrides = LAUNCHERS[launcher]
-    pytest.importorskip(plugin)
+    if plugin:
+        pytest.importorskip(plugin)
     sweep_dir = tmp_path / "sweep"
     result = run_cli(*SWEEP, *overrides, f"mlflow.tracking_uri={tracking_server}", f"paths.home={tmp_path}",
                      f"paths.cache_dir={shared_cache}", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
@@ -35,9 +40,30 @@ def test_a_2x2_sweep_under_the_launcher_nests_four_finished_children(launcher, t
     assert sorted((r.data.params["defense.name"], r.data.params["attack.eps"]) for r in children) == [
         ("jpeg", "0.02"), ("jpeg", "0.05"), ("none", "0.02"), ("none", "0.05")]
     assert all(r.info.status == "FINISHED" for r in children)
-    assert len({r.data.tags["pid"] for r in children} - {parent.data.tags.get("pid")}) >= 1
+    assert not (tmp_path / "mlflow.db").exists()                   # nothing went to a local store
+    for child in children:                                         # each job also kept its numbers
+        kept = _kept_for(sweep_dir, child.info.run_id)
+        assert kept["metrics"]["robust_accuracy"] == pytest.approx(child.data.metrics["robust_accuracy"])
 
 
+def _kept_for(sweep_dir, run_id: str) -> dict:
+    """The results.json of the job folder that logged MLflow run `run_id`."""
+    (found,) = [data for path in sweep_dir.glob(f"*/{RESULTS_FILE}")
+                if (data := json.loads(path.read_text()))["run_id"] == run_id]
+    return found
+
+
+def test_the_search_score_is_the_worst_case_above_the_clean_floor_and_below_every_such_trial_under_it():
+    deterministic = {"robust_accuracy": 0.4, "defended_clean_accuracy": 0.9}
+    random_defense = {"robust_accuracy": 0.5, "robust_accuracy_every_draw": 0.3, "defended_clean_accuracy": 0.7}
+    assert search_score(deterministic, 0.8) == pytest.approx(0.4)
+    assert search_score(random_defense, 0.6) == pytest.approx(0.3)      # the per-example worst case
+    assert search_score(random_defense, 0.8) == pytest.approx(-0.7)     # under the floor
+    assert search_score(random_defense, 0.8) < search_score({"robust_accuracy": 0.0,
+                                                             "defended_clean_accuracy": 0.8}, 0.8)
+
+
+@pytest.mark.slow
 def test_an_optuna_search_over_splic_logs_its_trials_as_children(home, shared_cache):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep_dir = home / "sweep"

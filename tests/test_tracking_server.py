@@ -1,6 +1,6 @@
-"""`defense-cli server`: a real MLflow tracking server on 127.0.0.1 that sweeps write to over HTTP;
-an unreachable one fails in seconds, and one that goes away fails the job and says where its
-results are."""
+"""`defense-cli server`: a real MLflow tracking server on 127.0.0.1 (sweeps over HTTP: see
+test_launchers.py); an unreachable one fails in seconds, and one that goes away fails the job and
+says where its results are."""
 
 from __future__ import annotations
 
@@ -11,28 +11,11 @@ import urllib.request
 
 import pytest
 
-from conftest import run_cli, runs_at, start_server, sweep_runs
+from conftest import run_cli, start_server
 from defense_cli.errors import TrackingUnavailable
 from defense_cli.tracking import RESULTS_FILE, Tracker
 
 pytestmark = pytest.mark.slow
-
-SWEEP = ["run", "-m", "defense=none,jpeg", "attack.eps=0.02,0.05", "dataset.limit=24", "train.epochs=1",
-         "eval_batch_size=24", "attack.steps=2", "num_samples_grid=0"]
-
-
-def test_a_2x2_sweep_nests_four_finished_children_under_one_parent_over_http(tracking_server, tmp_path,
-                                                                             shared_cache):
-    sweep_dir = tmp_path / "sweep"
-    result = run_cli(*SWEEP, f"mlflow.tracking_uri={tracking_server}", f"paths.home={tmp_path}",
-                     f"paths.cache_dir={shared_cache}", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    parent, children = sweep_runs(runs_at(tracking_server), sweep_dir)
-    assert parent.info.status == "FINISHED"
-    assert sorted((r.data.params["defense.name"], r.data.params["attack.eps"]) for r in children) == [
-        ("jpeg", "0.02"), ("jpeg", "0.05"), ("none", "0.02"), ("none", "0.05")]
-    assert all(r.info.status == "FINISHED" for r in children)
-    assert not (tmp_path / "mlflow.db").exists()                   # nothing went to a local store
 
 
 def test_an_unreachable_server_fails_in_seconds_before_any_work(tmp_path):
