@@ -83,10 +83,16 @@ def _allowed_keys(parent: str, args: list[str]) -> list[str]:
 
 
 def _run_task(cfg: DictConfig) -> float:
-    """One experiment; returns its search score (what a Hydra sweeper such as Optuna maximises)."""
-    from defense_cli.tasks.run import run_experiment
+    """One experiment; returns its search score (what a Hydra sweeper such as Optuna maximises).
 
-    return run_experiment(cfg)["search_score"]
+    Termination signals raise here too when a launcher runs the job in a worker process of its own
+    (Ray, submitit), so that a job stopped by SIGTERM closes its run KILLED there as well.
+    """
+    from defense_cli.tasks.run import run_experiment
+    from defense_cli.termination import signals_raise
+
+    with signals_raise():
+        return run_experiment(cfg)["search_score"]
 
 
 def _train_task(cfg: DictConfig) -> None:

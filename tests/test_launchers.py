@@ -5,11 +5,16 @@ extras `defense-cli[ray]`, `[slurm]`, `[optuna]`; their tests skip where they ar
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
 
-from conftest import run_cli, runs_at, runs_in, sweep_runs
+from conftest import REPO, run_cli, runs_at, runs_in, sweep_runs
 from defense_cli.results import search_score
 from defense_cli.tracking import RESULTS_FILE
 
@@ -86,3 +91,27 @@ def test_an_optuna_search_over_splic_logs_its_trials_as_children(home, shared_ca
         assert metrics["search_score"] == pytest.approx(worst if floor_met else worst - 1.0)
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(max(r.data.metrics["search_score"] for r in trials))
+
+
+@pytest.mark.slow
+def test_a_ray_job_stopped_by_sigterm_ends_its_run_killed(home, shared_cache):
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "defense_cli.cli", "run", "-m", "attack.eps=0.02", "attack.steps=400",
+         "dataset.limit=200", "train.epochs=1", "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=1",
+         "+hydra.launcher.ray.remote.max_retries=0", f"paths.home={home}", f"paths.cache_dir={shared_cache}",
+         f"hydra.sweep.dir={home / 'sweep'}"], cwd=home, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    deadline, job = time.monotonic() + 300, None
+    while job is None and time.monotonic() < deadline and sweep.poll() is None:
+        time.sleep(2)
+        running = [r for r in runs_in(home) if r.info.status == "RUNNING" and r.data.tags.get("sweep") != "parent"]
+        job = running[0] if running else None
+    assert job is not None, "the job's run did not start"
+    os.kill(int(job.data.tags["pid"]), signal.SIGTERM)           # the Ray worker running the job
+    sweep.wait(timeout=300)
+    assert sweep.returncode != 0
+    (stopped,) = [r for r in runs_in(home) if r.info.run_id == job.info.run_id]
+    assert stopped.info.status == "KILLED" and stopped.data.tags["signal"] == "SIGTERM"
