@@ -4,6 +4,11 @@ Entries are keyed by a hash of everything that determines them. Writes go to a t
 that is renamed into place, so an interrupted write never leaves a readable partial entry; reads
 verify the file loads (`weights_only=True`) and carries the key it was stored under, and a corrupt
 entry is deleted and reported as a miss so the caller rebuilds it.
+
+Many processes (the jobs of a sweep, on one machine or on several sharing `paths.cache_dir`) may
+need the same entry: a miss takes an OS file lock (`filelock`) on `<entry>.lock`, so one process
+builds and the others wait, then load what it stored. The kernel releases the lock when its holder
+dies, so a crashed builder leaves no stale lock behind; the next process builds the entry.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -70,14 +76,39 @@ def load_verified(path: Path, expected_key: str | None = None) -> dict[str, Any]
     return payload
 
 
+def entry_lock(path: Path) -> FileLock:
+    """The lock that guards building the entry at `path` (a `.lock` file beside it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path.with_name(f"{path.name}.lock"))
+
+
+def _acquire(lock: FileLock) -> None:
+    """Take `lock`, saying so when another process holds it (it is building the same entry)."""
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        log.info("waiting for another process to build %s", lock.lock_file)
+        lock.acquire()
+
+
 def cached(path: Path, key: str, build: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
     """Load the entry stored under `key` at `path`, or build, store and return it.
 
-    Returns (payload, hit). The payload gets a "key" field.
+    Builds happen under the entry's lock; a process that waited for it loads the entry that the
+    holder stored. Returns (payload, hit). The payload gets a "key" field.
     """
     payload = load_verified(path, key)
     if payload is not None:
         return payload, True
-    payload = {**build(), "key": key}
-    save_atomic(payload, path)
+    lock = entry_lock(path)
+    _acquire(lock)
+    try:
+        payload = load_verified(path, key)
+        if payload is not None:
+            return payload, True
+        payload = {**build(), "key": key}
+        save_atomic(payload, path)
+        log.info("stored cache entry %s", path)
+    finally:
+        lock.release()
     return payload, False

@@ -12,7 +12,7 @@ import typer
 from omegaconf import DictConfig, OmegaConf
 
 from defense_cli.config import COMPRESS_CONFIG_NAME, GROUPS, compose, group_options
-from defense_cli.errors import ConfigError
+from defense_cli.errors import ConfigError, TrackingUnavailable
 from defense_cli.results_table import console as report_console
 from defense_cli.termination import TerminatedBySignal
 
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["--help"]}
 EXIT_BAD_INPUT = 2
+EXIT_TRACKING_UNAVAILABLE = 3
 
 
 def _dispatch(task: Callable[[DictConfig], object], args: list[str]) -> None:
@@ -37,6 +38,9 @@ def _dispatch(task: Callable[[DictConfig], object], args: list[str]) -> None:
         launch(task, args)
     except ConfigError as err:
         _fail(str(err))
+    except TrackingUnavailable as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_TRACKING_UNAVAILABLE)
     except (HydraException, OmegaConfBaseException) as err:
         _fail(explain_config_error(err, args))
     except TerminatedBySignal as stopped:
@@ -78,10 +82,17 @@ def _allowed_keys(parent: str, args: list[str]) -> list[str]:
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
 
 
-def _run_task(cfg: DictConfig) -> None:
-    from defense_cli.tasks.run import run_experiment
+def _run_task(cfg: DictConfig) -> float:
+    """One experiment; returns its search score (what a Hydra sweeper such as Optuna maximises).
 
-    run_experiment(cfg)
+    Termination signals raise here too when a launcher runs the job in a worker process of its own
+    (Ray, submitit), so that a job stopped by SIGTERM closes its run KILLED there as well.
+    """
+    from defense_cli.tasks.run import run_experiment
+    from defense_cli.termination import signals_raise
+
+    with signals_raise():
+        return run_experiment(cfg)["search_score"]
 
 
 def _train_task(cfg: DictConfig) -> None:
@@ -226,9 +237,12 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
 
     Example: defense-cli ui --port 5001
     """
-    from defense_cli.tracking import tracking_uri
+    from defense_cli.tracking import is_server, tracking_uri
 
     uri = tracking_uri(compose(overrides or []))
+    if is_server(uri):
+        typer.echo(f"The tracking server serves its own UI: open {uri} in a browser.")
+        return
     typer.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(port)]
@@ -268,6 +282,42 @@ def runs(
         list_runs(compose(overrides or []), stale, max_age, status and status.upper(), limit)
     except ConfigError as err:
         _fail(str(err))
+
+
+@app.command()
+def server(
+    backend_store_uri: Optional[str] = typer.Option(
+        None, help="where runs are stored: a database URI (sqlite:///..., postgresql://...); "
+                   "default: the project's SQLite store"),
+    artifacts: Optional[str] = typer.Option(
+        None, help="where artifacts are stored: a folder or an object store URI (s3://...); "
+                   "default: mlartifacts/ beside the SQLite store"),
+    host: str = typer.Option("127.0.0.1", help="address to bind; name one (or 0.0.0.0) for other machines"),
+    port: int = typer.Option(5000, min=1, max=65535, help="port"),
+    workers: int = typer.Option(2, min=1, help="web worker processes"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="overrides that choose the default store"),
+) -> None:
+    """Start an MLflow tracking server that many processes and machines can write to, and print the
+    MLFLOW_TRACKING_URI to export for the jobs. Ctrl-C or SIGTERM stops it.
+
+    Examples:
+
+      defense-cli server --port 5000
+
+      defense-cli server --host 0.0.0.0 --backend-store-uri postgresql://db/mlflow --artifacts s3://bucket/runs
+    """
+    from defense_cli.tracking import is_server, tracking_uri
+    from defense_cli.tracking_server import client_uri, default_artifacts, serve, server_command
+
+    store = backend_store_uri or tracking_uri(compose(overrides or []))
+    if is_server(store):
+        _fail(f"--backend-store-uri {store!r} is a tracking server, not a store: give a database URI "
+              "(sqlite:///<path>, postgresql://..., mysql://...).")
+    artifact_store = artifacts or default_artifacts(store)
+    uri = client_uri(host, port)
+    typer.echo(f"MLflow tracking server for {store} (artifacts: {artifact_store}) at {uri}")
+    typer.echo(f"export MLFLOW_TRACKING_URI={uri}")
+    raise typer.Exit(serve(server_command(store, artifact_store, host, port, workers)))
 
 
 bench_app = typer.Typer(help="Benchmarks that print speed and quality figures (never timed tests).",

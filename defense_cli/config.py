@@ -151,6 +151,7 @@ _RULES: dict[str, tuple[Rule, str]] = {
     "checks.strength.n_images": (_positive_int, "an integer >= 1"),
     "checks.unbounded.n_images": (_positive_int, "an integer >= 1"),
     "checks.unbounded.max_accuracy": (_unit_interval, "a number in [0, 1]"),
+    "search.min_clean_accuracy": (_unit_interval, "a number in [0, 1]"),
 }
 
 

@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
     """A config value, option or input that is not allowed; the message names it and what is."""
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking store cannot be reached; the message names its URI and what to do."""

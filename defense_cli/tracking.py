@@ -15,6 +15,11 @@ host) or whose heartbeat is too old (any host); `Tracker.mark_stale` closes them
 reason in the tag `stale_reason`. Opening a run first does this for the dead processes of its own
 host (never by heartbeat age: a slow store must not fail a live run of another machine).
 Reads through MLflow's search API are in `defense_cli.run_search`.
+
+An HTTP tracking URI (a server started by `defense-cli server`) is probed before anything else, so
+an unreachable server fails in seconds; MLflow's HTTP retries are cut down (unless the user's
+MLFLOW_HTTP_REQUEST_* variables say otherwise) so that a server that goes away fails the job within
+a minute instead of retrying for many.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import tempfile
 import threading
 import time
 import traceback
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -34,17 +40,23 @@ from typing import Any, Iterator, Mapping, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from defense_cli.environment import git_commit, process_alive
+from defense_cli.errors import TrackingUnavailable
 from defense_cli.termination import TerminatedBySignal
 
 log = logging.getLogger(__name__)
 
 PARENT_RUN_FILE = "mlflow_parent_run.json"
+RESULTS_FILE = "results.json"
 MAX_PARAM_LENGTH = 6000
 BATCH_SIZE = 100
 HEARTBEAT_TAG = "heartbeat"
 DEFAULT_HEARTBEAT_SECONDS = 60.0
 #: runs of this process not yet closed: run id -> the client that opened it (see `close_open_runs`)
 _OPEN_RUNS: dict[str, Any] = {}
+PROBE_TIMEOUT_S = 5.0
+#: MLflow's HTTP client settings for a tracking server (its defaults retry for minutes)
+HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 def home_dir(cfg: DictConfig) -> Path:
@@ -64,6 +76,23 @@ def artifact_root(uri: str) -> str | None:
     if not uri.startswith("sqlite:///"):
         return None
     return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").resolve().as_uri()
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def check_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Raise TrackingUnavailable unless the tracking server at `uri` answers its health check."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            response.read()
+    except OSError as err:  # URLError, refused, timed out
+        raise TrackingUnavailable(
+            f"mlflow.tracking_uri={uri!r} does not answer ({err}; waited at most {timeout:g} s). Start a server with "
+            f"`defense-cli server` and export the MLFLOW_TRACKING_URI it prints, or leave mlflow.tracking_uri "
+            f"and MLFLOW_TRACKING_URI unset to use the local SQLite store (sqlite:///<home>/mlflow.db)."
+        ) from err
 
 
 def flatten(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -86,6 +115,10 @@ class Tracker:
                  heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS) -> None:
         from mlflow.tracking import MlflowClient
 
+        if is_server(uri):
+            check_server(uri)
+            for name, value in HTTP_SETTINGS.items():
+                os.environ.setdefault(name, value)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = self._experiment_id(experiment_name)
@@ -130,11 +163,22 @@ class Tracker:
                 log.fail(f"stopped by {signal_name}", status="KILLED")
                 raise
             except BaseException as err:
-                log.fail(f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
-                if parent_run_id:
-                    self.client.set_terminated(parent_run_id, status="FAILED")
+                try:
+                    log.fail(f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+                    if parent_run_id:
+                        self.client.set_terminated(parent_run_id, status="FAILED")
+                except Exception as store_err:
+                    self._raise_unavailable(log.run_id, store_err, err)
                 raise
             self.client.set_terminated(log.run_id, status="FINISHED")
+
+    def _raise_unavailable(self, run_id: str, store_err: Exception, cause: BaseException) -> None:
+        """The store stopped answering while a run was open: say so, and where the results are."""
+        raise TrackingUnavailable(
+            f"the tracking store {self.uri} stopped answering ({type(store_err).__name__}: {store_err}); run "
+            f"{run_id} could not be closed and stays RUNNING there (`defense-cli runs --stale` closes it once the "
+            f"server is back). Results this job computed are kept in its Hydra output folder ({RESULTS_FILE})."
+        ) from cause
 
     def finished_runs(self, tags: Mapping[str, str], metric: str) -> dict[str, tuple[dict[str, str], float]]:
         """FINISHED runs of this experiment carrying all `tags`: run id -> (its tags, its `metric`)."""
@@ -321,6 +365,8 @@ class SweepParentRunCallback(Callback):
 
         try:
             tracker = Tracker.from_config(config)
+        except TrackingUnavailable:
+            raise
         except Exception as err:
             raise ConfigError(f"mlflow.tracking_uri={tracking_uri(config)!r} cannot be opened: {err}") from err
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -335,6 +381,11 @@ class SweepParentRunCallback(Callback):
             self._live = LiveRun(tracker.client, run_id, tracker.heartbeat_seconds).start()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run_id, "uri": tracker.uri}))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Launchers (joblib, Ray, submitit) pickle the callbacks to their workers; the parent run's
+        heartbeat thread cannot be pickled and stays in the process that started the sweep."""
+        return {key: value for key, value in self.__dict__.items() if key != "_live"}
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         live = getattr(self, "_live", None)
@@ -354,6 +405,18 @@ def read_parent_run(sweep_dir: Path) -> str | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text())["run_id"]
+
+
+def keep_results(data: Mapping[str, Any]) -> Path | None:
+    """Write `data` to the Hydra job's output folder as results.json (None outside Hydra), so that
+    what a job computed survives a tracking store that stops answering."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    path = Path(HydraConfig.get().runtime.output_dir) / RESULTS_FILE
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    return path
 
 
 def current_parent_run() -> str | None:

@@ -60,3 +60,70 @@ def invoke_cli(*args: str):
     from defense_cli.cli import app
 
     return CliRunner().invoke(app, list(args))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_health(uri: str, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    """Wait until the tracking server at `uri` answers /health (MLflow takes a while to start)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the tracking server exited"
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{uri} did not answer within {timeout_s} s")
+
+
+def start_server(tmp_path: Path, empty_store: Path) -> tuple[subprocess.Popen, str]:
+    """`defense-cli server` on a free loopback port over a fresh SQLite store; (process, its URI)."""
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "defense_cli.cli", "server", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    uri = f"http://127.0.0.1:{port}"
+    assert process.stdout.readline().startswith("MLflow tracking server for sqlite:///")
+    assert process.stdout.readline().strip() == f"export MLFLOW_TRACKING_URI={uri}"
+    wait_for_health(uri, process)
+    return process, uri
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory, empty_store):
+    """A real MLflow tracking server on 127.0.0.1, shared by the tests that sweep over HTTP."""
+    process, uri = start_server(tmp_path_factory.mktemp("server"), empty_store)
+    yield uri
+    process.terminate()
+    process.wait(timeout=60)
+
+
+def runs_at(uri: str, experiment: str = "defense-cli"):
+    """All runs of `experiment` in the store at `uri`."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id], max_results=1000) if found else []
+
+
+def sweep_runs(runs, sweep_dir: Path):
+    """(parent, children) of the sweep whose folder is `sweep_dir`."""
+    (parent,) = [r for r in runs if r.data.tags.get("sweep") == "parent"
+                 and r.data.tags.get("sweep_dir") == str(sweep_dir.resolve())]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, children

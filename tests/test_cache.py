@@ -52,4 +52,4 @@ def test_failed_build_leaves_no_file(tmp_path):
         cached(path, "k", broken)
     except RuntimeError:
         pass
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["entry.pt.lock"]   # the lock file, no entry or temp file

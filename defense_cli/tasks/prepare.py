@@ -21,10 +21,10 @@ from defense_cli.config import config_hash, validate
 from defense_cli.data import Dataset, DatasetSplits, load_dataset
 from defense_cli.defenses import build_defense
 from defense_cli.environment import git_commit
-from defense_cli.errors import ConfigError
+from defense_cli.errors import ConfigError, TrackingUnavailable
 from defense_cli.instantiate import build_from_config
 from defense_cli.models import build_classifier
-from defense_cli.tracking import Tracker, home_dir
+from defense_cli.tracking import Tracker, check_server, home_dir, is_server, tracking_uri
 from defense_cli.training.classifiers import TrainedClassifier, obtain_classifier, plain_training
 from defense_cli.training.repr import RePrSettings
 
@@ -97,10 +97,14 @@ def prepare(cfg: DictConfig) -> Prepared:
     """Validate the config and load the data; raises ConfigError on bad input, writes nothing."""
     check_config(cfg)
     device = resolve_device(cfg.device)
+    if is_server(tracking_uri(cfg)):
+        check_server(tracking_uri(cfg))        # before the data is loaded: fail in seconds
     cache = cache_dir(cfg)
     splits = load_dataset(cfg.dataset, cache)
     try:
         tracker = Tracker.from_config(cfg)
+    except TrackingUnavailable:
+        raise
     except Exception as err:
         raise ConfigError(f"mlflow.tracking_uri cannot be opened ({type(err).__name__}: {err}).") from err
     return Prepared(cfg, device, cache, splits, tracker)

@@ -11,15 +11,15 @@ from defense_cli.attacks import Attack, ThreatModel, build_attack, build_threat_
 from defense_cli.defenses import DefenseContext, build_defense
 from defense_cli.evaluation import evaluate
 from defense_cli.results_table import print_table, results_table
-from defense_cli.results import per_draw_accuracies, summarize
+from defense_cli.results import per_draw_accuracies, search_score, summarize
 from defense_cli.tasks.prepare import (Prepared, classifier, prepare, run_name, run_tags, setting_key,
                                        source_classifier)
-from defense_cli.tracking import current_parent_run, flatten
+from defense_cli.tracking import current_parent_run, flatten, keep_results
 from defense_cli.validity import CheckReport, run_checks
 
 
 def run_experiment(cfg: DictConfig) -> dict[str, float]:
-    """The `run` task. Returns the metrics it logged."""
+    """The `run` task. Returns the metrics it logged (with `search_score` among them)."""
     p = prepare(cfg)
     attack = build_attack(cfg.attack)
     defense = build_defense(cfg.defense)
@@ -40,6 +40,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
                       generator, cfg.num_samples_grid, threat_model.n_draws)
         metrics = {**summarize(ev), "train_seconds": trained.seconds,
                    "classifier_train_accuracy": trained.train_accuracy}
+        metrics["search_score"] = search_score(metrics, cfg.search.min_clean_accuracy)
+        keep_results({"metrics": metrics, "run_id": run.run_id, "config": OmegaConf.to_container(cfg, resolve=True)})
         run.metrics(metrics)
         run.series({f"epoch_{name}": values for name, values in trained.history.items()})
         run.series({"robust_accuracy_draw": per_draw_accuracies(ev)}, first_step=0)

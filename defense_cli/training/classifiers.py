@@ -84,6 +84,7 @@ def obtain_classifier(
                                      device=device, seed=train_cfg.seed)
             transform = adversarial_batches(train_cfg, context)
             monitor = EpochMonitor(lambda m: test_accuracy(m, splits.test, device))
+            log.info("training %s on %s for cache entry %s", model_cfg.name, dataset_cfg.name, path.name)
             history = train_classifier(fresh, data, train_cfg, device, desc=f"train {model_cfg.name}",
                                        batch_transform=transform, hooks=[monitor])
         return {"state_dict": {k: v.cpu() for k, v in fresh.state_dict().items()},
