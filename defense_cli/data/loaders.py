@@ -166,7 +166,10 @@ class ImageFolder(Dataset):
         self.train_limit = check_optional_int("train_limit", train_limit, 1)
 
     def read(self, cache_dir: Path | None) -> DatasetSplits:
-        root = Path(self.root).expanduser()
+        return self.read_folder(Path(self.root).expanduser(), cache_dir)
+
+    def read_folder(self, root: Path, cache_dir: Path | None) -> DatasetSplits:
+        """The train/ and test/ class folders under `root` (decoded once, then a cached tensor file)."""
         missing = [split for split in ("train", "test") if not (root / split).is_dir()]
         if missing:
             raise ConfigError(
