@@ -9,7 +9,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from defense_cli.data.loaders import DatasetSplits, ImageFolder
+from defense_cli.data.loaders import ClassFolders, DatasetSplits
 from defense_cli.errors import ConfigError
 
 ARCHIVES = ("train.tar.gz", "test.tar.gz")
@@ -44,13 +44,13 @@ def cifar10_jpeg_root(cache_dir: Path, source: Path | None = None) -> Path:
     return target
 
 
-class Cifar10Jpeg(ImageFolder):
+class Cifar10Jpeg(ClassFolders):
     """The CIFAR-10 JPEG copy (50,000 / 10,000 images, quality about 75): `archives` is the folder
     with train.tar.gz and test.tar.gz (null: $DEFENSE_CLI_SHARED_DATA/cifar10-jpeg, else
     ../shared/data/cifar10-jpeg beside the checkout), unpacked into the cache on first use."""
 
-    def __init__(self, *, archives: str | None, **image_folder) -> None:
-        super().__init__(root="", **image_folder)
+    def __init__(self, *, archives: str | None, **class_folders) -> None:
+        super().__init__(**class_folders)
         self.archives = None if archives is None else Path(archives).expanduser()
 
     def read(self, cache_dir: Path | None) -> DatasetSplits:
