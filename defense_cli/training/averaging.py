@@ -1,6 +1,6 @@
 """Exponential moving average of a model's weights (Polyak and Juditsky 1992; the "EMA" of the
-fast CIFAR-10 recipes, e.g. Page 2018 "How to train your ResNet" part 8, and a simpler stand-in
-for airbench's lookahead, Jordan 2024 arXiv:2404.00498 sec. 3.5): after every step,
+fast CIFAR-10 recipes, e.g. Page 2018 "How to train your ResNet", and a simpler stand-in
+for airbench's lookahead, Jordan 2024, arXiv:2404.00498, sec. 3): after every step,
 avg <- decay * avg + (1 - decay) * weights, batch-norm statistics included."""
 
 from __future__ import annotations
