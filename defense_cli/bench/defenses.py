@@ -42,7 +42,7 @@ def bench_context(needs: set[str], cache_dir: Path, device: torch.device, splits
     if "classifier" in needs:
         from defense_cli.training.classifiers import obtain_classifier
 
-        dataset_cfg = OmegaConf.merge(compose_group_option("dataset", "image_folder"), {"root": "cifar10-jpeg"})
+        dataset_cfg = compose_group_option("dataset", "cifar10_jpeg")
         train_cfg = OmegaConf.merge(compose_group_option("train", "default"), {"epochs": 3, "augment": True})
         context.classifier = obtain_classifier(dataset_cfg, OmegaConf.create(BENCH_CLASSIFIER), train_cfg,
                                                splits, cache_dir, device).model

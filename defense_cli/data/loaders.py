@@ -156,17 +156,17 @@ class SVHN(TorchvisionDataset):
         return arrays[0], arrays[1], tuple(str(d) for d in range(10))
 
 
-class ImageFolder(Dataset):
-    """Any folder with train/<class>/*.{jpg,png} and test/<class>/*; class order is alphabetical."""
+class ClassFolders(Dataset):
+    """Images in train/<class>/* and test/<class>/* (class order alphabetical), shuffled once with
+    `shuffle_seed`; `train_limit` keeps the first N training images. Subclasses say where the folder is."""
 
-    def __init__(self, *, root: str, shuffle_seed: int, train_limit: int | None, **description) -> None:
+    def __init__(self, *, shuffle_seed: int, train_limit: int | None, **description) -> None:
         super().__init__(**description)
-        self.root = str(root)
         self.shuffle_seed = check_int("shuffle_seed", shuffle_seed, 0)
         self.train_limit = check_optional_int("train_limit", train_limit, 1)
 
-    def read(self, cache_dir: Path | None) -> DatasetSplits:
-        root = Path(self.root).expanduser()
+    def read_folder(self, root: Path, cache_dir: Path | None) -> DatasetSplits:
+        """The train/ and test/ class folders under `root` (decoded once, then a cached tensor file)."""
         missing = [split for split in ("train", "test") if not (root / split).is_dir()]
         if missing:
             raise ConfigError(
@@ -180,6 +180,17 @@ class ImageFolder(Dataset):
         train = _shuffled(_read_split(root / "train", classes, self.image_size, cache_dir), generator)
         test = _shuffled(_read_split(root / "test", classes, self.image_size, cache_dir), generator)
         return DatasetSplits(train.head(self.train_limit), test, classes)
+
+
+class ImageFolder(ClassFolders):
+    """Any folder with train/<class>/*.{jpg,png} and test/<class>/*."""
+
+    def __init__(self, *, root: str, **class_folders) -> None:
+        super().__init__(**class_folders)
+        self.root = str(root)
+
+    def read(self, cache_dir: Path | None) -> DatasetSplits:
+        return self.read_folder(Path(self.root).expanduser(), cache_dir)
 
 
 def _shuffled(data: ImageSet, generator: torch.Generator) -> ImageSet:

@@ -1,4 +1,4 @@
-"""Batched CIFAR-style augmentation: random 4-pixel-padded crops and horizontal flips."""
+"""Batched CIFAR-style augmentation: random translations (padded crops) and horizontal flips."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator | None, padding: int = 4) -> torch.Tensor:
-    """Crop every image at its own random offset from a reflect-padded copy; flip half of them."""
+    """Crop every image at its own random offset from a copy reflect-padded by `padding` pixels (a
+    translation by up to `padding` in each direction; 0 = none); flip half of them."""
     batch, _, height, width = images.shape
     padded = F.pad(images, (padding,) * 4, mode="reflect")
     dy = torch.randint(0, 2 * padding + 1, (batch, 1), generator=generator).to(images.device)

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from defense_cli.data import ImageSet
 from defense_cli.training.augment import random_crop_flip
+from defense_cli.training.averaging import WeightAverage
 from defense_cli.training.hooks import TrainingHooks
 from defense_cli.training.repr import scheme_hooks
 
@@ -40,12 +41,29 @@ def make_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
 
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: DictConfig, steps_per_epoch: int):
     total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle(total, cfg.get("warmup_fraction", 0.2),
+                                                                      cfg.get("final_lr_fraction", 0.0)))
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     if cfg.schedule == "step":
         every = cfg.step_size * steps_per_epoch
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.1 ** (s // every))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+
+def one_cycle(total_steps: int, warmup_fraction: float, final_fraction: float) -> Callable[[int], float]:
+    """lr factor of step s: linear from 0 to 1 over the first `warmup_fraction` of the steps, then
+    linear down to `final_fraction` at the last step (Smith 2018's one-cycle with linear phases, as
+    in Page's DAWNBench ResNet and airbench's triangular schedule)."""
+    peak = max(1, round(warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < peak:
+            return (step + 1) / peak
+        return 1.0 - (1.0 - final_fraction) * min(1.0, (step - peak) / max(1, total_steps - 1 - peak))
+
+    return factor
 
 
 #: (model, images, labels) -> the images to train on (adversarial training, `training/adversarial.py`)
@@ -58,7 +76,8 @@ def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: 
     """Train `model` in place with cross-entropy for `cfg.epochs` epochs; returns the epoch log.
 
     `batch_transform`, when given, replaces each (augmented) batch before the update (adversarial
-    training). `train.scheme` adds its hooks (RePr) before `hooks` (e.g. an EpochMonitor).
+    training). `train.scheme` adds its hooks (RePr) before `hooks` (e.g. an EpochMonitor, which
+    sees the raw weights). With `train.ema_decay` the model ends as the weights' moving average.
     """
     hooks = [*scheme_hooks(cfg, data, device), *hooks]
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -67,6 +86,9 @@ def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: 
     schedule = make_schedule(optimizer, cfg, steps_per_epoch)
     log = TrainingLog([], [])
     model.to(device)
+    average = WeightAverage(model, cfg.ema_decay) if cfg.get("ema_decay") is not None else None
+    smoothing = cfg.get("label_smoothing", 0.0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.get("precision") == "bfloat16")
     for epoch in range(cfg.epochs):
         model.train()
         for hook in hooks:
@@ -76,14 +98,17 @@ def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: 
                    total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
         for images, labels in bar:
             if cfg.augment:
-                images = random_crop_flip(images, generator)
+                images = random_crop_flip(images, generator, padding=cfg.get("translate", 4))
             if batch_transform is not None:
                 images = batch_transform(model, images, labels)
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels)
+            with autocast:
+                logits = model(images)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update(model)
             for hook in hooks:
                 hook.after_step(model, optimizer)
             schedule.step()
@@ -95,6 +120,8 @@ def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: 
         for hook in hooks:
             for name, value in hook.end_epoch(epoch, model).items():
                 log.extra.setdefault(name, []).append(value)
+    if average is not None:
+        average.copy_to(model)
     model.eval()
     return log
 
