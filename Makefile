@@ -3,10 +3,15 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LAUNCHERS_STAMP := $(VENV)/.installed-launchers
 
-.PHONY: install run test test-fast ui bench clean
+.PHONY: install install-launchers run test test-fast ui bench clean
 
 install: $(STAMP)
+
+# The distributed launchers (Ray, submitit/SLURM, Optuna) are optional extras for users; the test
+# suite runs their sweeps for real, so `make test` installs them too.
+install-launchers: $(LAUNCHERS_STAMP)
 
 # The venv is (re)built when pyproject.toml changes. torch>=2.14 from PyPI is the CUDA build; it
 # runs on CPU too. pip builds every sdist in its own isolated environment with a current setuptools
@@ -18,13 +23,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+$(LAUNCHERS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray,slurm,optuna]"
+	touch $(LAUNCHERS_STAMP)
+
 run: install
 	$(BIN)/defense-cli run $(ARGS)
 
-test: install
+test: install-launchers
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install-launchers
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 ui: install
