@@ -29,7 +29,7 @@ def _divide(numerator: float, denominator: float) -> float:
 
 if not OmegaConf.has_resolver("div"):
     OmegaConf.register_new_resolver("div", _divide)
-GROUPS = ("dataset", "model", "train", "defense", "attack", "threat_model", "experiment", "compress")
+GROUPS = ("dataset", "model", "train", "defense", "attack", "threat_model", "checks", "experiment", "compress")
 
 
 def conf_dir() -> Path:
