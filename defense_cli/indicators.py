@@ -6,7 +6,7 @@ Each function scores a batch; `defense_cli.validity` turns the scores into metri
 
 1. unavailable gradients: the gradient of the attack loss is all zero (or not finite) for a sample;
 2. unstable predictions: mean over draws of uniform noise delta in [-r/2, r/2] of
-   |L(x) - L(x + delta)| / |L(x)|, capped at 1;
+   |L(x) - L(x + delta)| / |L(x)|, capped at 1, at the clean point;
 3. silent success: an iterate was adversarial but the returned point is not;
 4. incomplete optimisation: the loss trace, scaled to [0, 1] and replaced by its running best,
    still moves by more than a tolerance over the last min(10, T) steps;
@@ -45,28 +45,28 @@ def unavailable_gradients(model: nn.Module, images: torch.Tensor, labels: torch.
 @torch.no_grad()
 def unstable_predictions(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, radius: float,
                          draws: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B,) mean over `draws` noise draws of min(1, |L(x) - L(x + delta)| / |L(x)|), delta uniform in
-    [-radius/2, radius/2]; the draws of a batch are one model call of B x draws images."""
+    """(B,) min(1, mean over `draws` noise draws of |L(x) - L(x + delta)| / |L(x)|), delta uniform in
+    [-radius/2, radius/2] (|L(x)| = 0 divides by 1, as in the authors' code); the draws of a batch
+    are one model call of B x draws images."""
     clean_loss = _loss(model, images, labels)
     repeated = images.repeat(draws, *([1] * (images.dim() - 1)))
     noise = torch.rand(repeated.shape, generator=generator, device=images.device, dtype=images.dtype)
     noisy = (repeated + radius * (noise - 0.5)).clamp(0, 1)
     noisy_loss = _loss(model, noisy, labels.repeat(draws)).view(draws, len(labels))
-    ratio = (clean_loss - noisy_loss).abs() / clean_loss.abs().clamp_min(1e-12)
-    return ratio.clamp(max=1).mean(0)
+    reference = torch.where(clean_loss == 0, torch.ones_like(clean_loss), clean_loss.abs())
+    return ((clean_loss - noisy_loss).abs() / reference).mean(0).clamp(max=1)
 
 
 def incomplete_optimisation(losses: torch.Tensor, tolerance: float) -> torch.Tensor:
-    """(B,) from a (T, B) loss trace: scaled to [0, 1] per example and replaced by its running best,
-    it rises by more than `tolerance` over the last min(10, T) steps (the attack had not settled).
-    A flat trace (max = min) counts as settled; T < 2 gives all False."""
-    if losses.shape[0] < 2:
+    """(B,) from a (T, B) trace of the loss the attack maximises: scaled to [0, 1] per example and
+    replaced by its running best, it moves by more than `tolerance` over its last min(10, T) values
+    (the attack had not settled). A flat trace (max = min) counts as settled."""
+    if losses.shape[0] == 0:
         return torch.zeros(losses.shape[1], dtype=torch.bool, device=losses.device)
     low, high = losses.amin(0), losses.amax(0)
     scaled = (losses - low) / (high - low).clamp_min(1e-12)
-    best = scaled.cummax(0).values
-    window = min(LAST_STEPS, losses.shape[0] - 1)
-    return best[-1] - best[-1 - window] > tolerance
+    best = scaled.cummax(0).values[-min(LAST_STEPS, losses.shape[0]):]
+    return best[-1] - best[0] > tolerance
 
 
 @torch.no_grad()
