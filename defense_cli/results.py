@@ -64,8 +64,8 @@ def suite_metrics(ev: Evaluation) -> dict[str, float]:
 def trace_indicators(ev: Evaluation) -> dict[str, float]:
     """The indicators of attack failure read off the suite's own attacks (Pintor et al. 2022, sec. 3):
     silent success (share of the points still robust at the end of which an iterate fooled the
-    attacked model), incomplete optimisation (share of the gradient attacks' per-point loss traces
-    still rising over their last steps) and transfer failure (share of the final adversarial images
+    attacked model), incomplete optimisation (share of the gradient attacks' loss traces, on the
+    points each attack failed to break, still rising over their last steps) and transfer failure (share of the final adversarial images
     that fool the surrogate the attack differentiated but not the defended classifier). NaN where
     nothing was measured."""
     robust, fooled = ev.cat("robust"), ev.cat("iterate_fooled")

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attack_helpers import blobs, trained_mlp
-from torch import nn
+from attack_helpers import pooled_blob_task
 
 from defense_cli.attacks.apgd import APGD
 from defense_cli.attacks.base import Attack, NoAttack
@@ -29,10 +28,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def blob_task():
-    """A 4-class MLP on 16x16 blobs (each 4x4 blob pixel a 4x4 block; the model average-pools it back)."""
-    model = nn.Sequential(nn.AvgPool2d(4), trained_mlp(4)).eval()
-    images, labels = blobs(4, 16, seed=5)
-    return model, ImageSet(images.repeat_interleave(4, 2).repeat_interleave(4, 3), labels)
+    return pooled_blob_task(4, 16, seed=5)
 
 
 def white_box(n_draws: int = 1, eot_samples: int = 1) -> WhiteBox:

@@ -130,10 +130,11 @@ class AttackSuite:
         outcome.iterate_fooled[pending] |= trace.fooled
         outcome.gradient_evaluations += result.gradient_evaluations
         outcome.queries += result.queries
-        if entry.attack.uses_gradients:
-            outcome.incomplete.append(incomplete_optimisation(trace.loss_trace(), LOSS_TOLERANCE))
+        if entry.attack.uses_gradients:   # indicators 4 and 5 read the points this attack failed on
+            outcome.incomplete.append(incomplete_optimisation(trace.loss_trace(), LOSS_TOLERANCE)[robust])
             with torch.no_grad():
-                outcome.surrogate_fooled.append(surrogate_logits(target, result.adversarial, generator).argmax(1) != labels)
+                fooled = surrogate_logits(target, result.adversarial, generator).argmax(1) != labels
+            outcome.surrogate_fooled.append(fooled)
             outcome.target_robust.append(robust)
         return robust
 
