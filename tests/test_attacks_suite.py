@@ -156,3 +156,21 @@ def test_suite_configs_compose_with_nested_attacks_and_bad_values_are_named():
     with pytest.raises(ConfigError, match="steps"):
         check_config(compose(["attack=adaptive", "attack.attacks.apgd_ce.steps=0"]))
     assert list(as_suite(PGD(), "pgd").attacks) == ["pgd"]
+
+
+def test_a_suite_runs_black_box_transfer_and_query_attacks_against_their_own_targets(blob_task):
+    from defense_cli.attacks.spsa import SPSA
+    from defense_cli.attacks.threat_models import BlackBox
+
+    model, test = blob_task
+    source = pooled_blob_task(4, 16, seed=9)[0]
+    calls = {"source": 0}
+    source.register_forward_hook(lambda *_: calls.__setitem__("source", calls["source"] + 1))
+    suite = AttackSuite({"transfer": PGD(eps=0.15, steps=5, step_size=0.05),
+                         "spsa": SPSA(eps=0.15, steps=3, samples=8, samples_per_query=8)})
+    threat_model = BlackBox(source={"model": {"_target_": "unused"}, "train_seed": 1}, n_draws=1)
+    ev = evaluate(model, NoDefense(), suite, threat_model, test.head(16), 16, CPU, torch.Generator().manual_seed(0), 0,
+                  source_model=lambda: source)
+    metrics = summarize(ev)
+    assert calls["source"] > 0 and metrics["queries"] > 0
+    assert metrics["robust_accuracy"] <= metrics["robust_accuracy_after_transfer"]
