@@ -12,8 +12,6 @@ from torch import nn
 
 from defense_cli import indicators
 from defense_cli.attacks.bpda import DefendedClassifier
-from defense_cli.attacks.foolbox_attacks import PGD
-from defense_cli.attacks.suite import as_suite
 from defense_cli.config import compose
 from defense_cli.defenses.base import Defense
 from defense_cli.defenses.identity import NoDefense
