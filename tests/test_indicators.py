@@ -47,12 +47,12 @@ class Wiggly(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def task():
+def blob_mlp():
     return pooled_blob_task(4, 8, seed=11)
 
 
 def check(model, test, defense, *overrides):
-    """The run task's checks on a small real evaluation: PGD-60 at eps 0.15 (white-box, BPDA identity)."""
+    """The checks of `defense-cli run` on a small real evaluation: PGD-60 at eps 0.15 (white-box, BPDA identity)."""
     cfg = compose(["attack=pgd", "attack.eps=0.15", "attack.step_size=0.01", "attack.steps=60", "checks=full",
                    "checks.unbounded.n_images=32", "checks.query.enabled=false", "checks.strength.enabled=false",
                    "threat_model.eot_samples=1", "threat_model.n_draws=1", *overrides])
@@ -74,8 +74,8 @@ def check(model, test, defense, *overrides):
     return run_checks(cfg, defense, suite, evidence), metrics
 
 
-def test_gradient_masking_on_purpose_makes_the_indicators_fire(task):
-    mlp, test = task
+def test_gradient_masking_on_purpose_makes_the_indicators_fire(blob_mlp):
+    mlp, test = blob_mlp
     masked = nn.Sequential(Quantise(), mlp).eval()
     report, metrics = check(masked, test, NoDefense())
     assert report.metrics["indicator_unavailable_gradients"] == 1.0
@@ -85,8 +85,8 @@ def test_gradient_masking_on_purpose_makes_the_indicators_fire(task):
     assert metrics["robust_accuracy"] > 0.5      # the "robustness" the masked gradient fakes
 
 
-def test_a_clean_setting_fires_none(task):
-    mlp, test = task
+def test_a_clean_setting_fires_none(blob_mlp):
+    mlp, test = blob_mlp
     report, metrics = check(mlp, test, NoDefense())
     assert report.flags == {}, report.flags
     assert set(INDICATORS) <= set(report.outcomes)
@@ -94,8 +94,8 @@ def test_a_clean_setting_fires_none(task):
     assert metrics["robust_accuracy"] < 0.2
 
 
-def test_an_undeclared_random_defense_is_detected(task):
-    mlp, test = task
+def test_an_undeclared_random_defense_is_detected(blob_mlp):
+    mlp, test = blob_mlp
     report, _ = check(mlp, test, Jitter())
     assert "randomness_detected" in report.flags and report.metrics["indicator_randomness_detected"] > 0
 
