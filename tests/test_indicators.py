@@ -117,3 +117,13 @@ def test_unstable_predictions_score_is_zero_for_a_constant_loss_and_capped_at_on
     score = indicators.unstable_predictions(Wiggly(), images, labels, 8 / 255, 10)
     assert (score <= 1).all() and score.max() > 0.5
     assert not math.isnan(score.sum().item())
+
+
+def test_a_bad_indicator_setting_is_named():
+    from defense_cli.config import validate
+    from defense_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="checks.indicators.noise_draws=0"):
+        validate(compose(["checks.indicators.noise_draws=0"]))
+    with pytest.raises(ConfigError, match="checks.indicators.max_unstable=2"):
+        validate(compose(["checks=full", "checks.indicators.max_unstable=2"]))
