@@ -25,7 +25,7 @@ def summarize(ev: Evaluation) -> dict[str, float]:
         "clean_accuracy": m.accuracy(clean, labels),
         "defended_clean_accuracy": m.accuracy(dclean, labels),
         "undefended_robust_accuracy": m.accuracy(adv, labels),
-        "robust_accuracy": ev.cat("robust").float().mean().item() if n else math.nan,
+        "robust_accuracy": m.mean_or_nan(ev.cat("robust")),
         "attack_success_rate": m.attack_success_rate(dclean, dadv, labels),
         "undefended_attack_success_rate": m.attack_success_rate(clean, adv, labels),
         "destruction_rate": m.destruction_rate(clean, adv, dadv, labels),
@@ -56,7 +56,7 @@ def suite_metrics(ev: Evaluation) -> dict[str, float]:
     key = "robust_accuracy_{}" if not ev.cascade else "robust_accuracy_after_{}"
     out: dict[str, float] = {"broken_clean": float((broken_by == CLEAN).sum())}
     for index, name in enumerate(ev.entries):
-        out[key.format(name)] = torch.cat(ev.robust_under[name]).float().mean().item()
+        out[key.format(name)] = m.mean_or_nan(torch.cat(ev.robust_under[name]))
         out[f"broken_by_{name}"] = float((broken_by == index).sum())
     return out
 
