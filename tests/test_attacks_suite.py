@@ -16,8 +16,7 @@ from defense_cli.config import compose
 from defense_cli.data import ImageSet
 from defense_cli.defenses.base import Defense
 from defense_cli.defenses.identity import NoDefense
-from defense_cli.defenses.jpeg import JPEG
-from defense_cli.defenses.squeezing import MedianSmoothing
+from defense_cli.defenses.squeezing import BitDepthReduction, MedianSmoothing
 from defense_cli.errors import ConfigError
 from defense_cli.evaluation import evaluate
 from defense_cli.results import summarize
@@ -143,7 +142,7 @@ def test_adaptive_suite_adds_a_surrogate_attack_where_the_defense_has_one():
     with_surrogate = suite.plan(white_box(), MedianSmoothing(2))
     assert [e.name for e in with_surrogate] == ["pgd", "apgd_ce", "apgd_ce_surrogate"]
     assert with_surrogate[-1].threat_model.bpda == "surrogate" and with_surrogate[0].threat_model.bpda == "identity"
-    assert [e.name for e in suite.plan(white_box(), JPEG(75))] == ["pgd", "apgd_ce"]
+    assert [e.name for e in suite.plan(white_box(), BitDepthReduction(5))] == ["pgd", "apgd_ce"]
     assert [e.name for e in suite.plan(GrayBox(n_draws=1), MedianSmoothing(2))] == ["pgd", "apgd_ce"]
     assert with_surrogate[0].threat_model.eot_samples == 20
 
