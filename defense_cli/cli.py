@@ -398,17 +398,24 @@ def bench_attacks_command(
     steps: int = typer.Option(10, help="PGD steps"),
     repeats: int = typer.Option(1, help="timed repeats after one warm-up (best is kept)"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    eot_defense: Optional[list[str]] = typer.Option(None, "--eot-defense", help="random defenses for the EOT rows; default: splic, menet"),
+    eot_samples: int = typer.Option(10, help="EOT samples per gradient in the EOT rows"),
+    eot_images: int = typer.Option(4, help="images in the EOT rows' batch"),
+    eot_steps: int = typer.Option(1, help="BPDA-PGD steps in the EOT rows"),
 ) -> None:
     """PGD steps/s through the foolbox adapter and through a minimal torch PGD loop on the same
-    (untrained) model and batch: small_cnn on MNIST-sized and resnet18 on 32x32 images.
+    (untrained) model and batch: small_cnn on MNIST-sized and resnet18 on 32x32 images. Then
+    white-box BPDA-PGD + EOT against random defenses: the draws batched into one defense call
+    against the same draws in a Python loop.
 
-    Example: defense-cli bench attacks --images 128 --steps 10
+    Example: defense-cli bench attacks --images 128 --steps 10 --eot-samples 10
     """
-    from defense_cli.bench.attacks import bench_attacks
+    from defense_cli.bench.attacks import bench_attacks, bench_eot
 
     dev, _ = _bench_setup(device, None)
     try:
         rows = bench_attacks(model, images, steps, dev, repeats)
+        eot_rows = bench_eot(eot_defense or ["splic", "menet"], eot_images, eot_steps, eot_samples, dev, repeats)
     except ValueError as err:
         _fail(str(err))
     _print_bench(
@@ -417,6 +424,11 @@ def bench_attacks_command(
         [(row.model, "x".join(map(str, row.input_shape)), f"{row.foolbox_steps_per_second:,.2f}",
           f"{row.loop_steps_per_second:,.2f}", f"{row.time_ratio:.2f}x", f"{row.max_abs_diff:.1e}") for row in rows],
         dev)
+    _print_bench(
+        f"BPDA-PGD + EOT on small_cnn, {eot_images} images, {eot_steps} steps, {eot_samples} EOT samples, {dev}",
+        ("defense", "batched draws s", "Python loop of draws s", "speed-up"),
+        [(row.defense, f"{row.batched_seconds:.3f}", f"{row.loop_seconds:.3f}", f"{row.speedup:.2f}x")
+         for row in eot_rows], dev)
 
 
 @bench_app.command("compression")

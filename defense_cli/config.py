@@ -29,7 +29,7 @@ def _divide(numerator: float, denominator: float) -> float:
 
 if not OmegaConf.has_resolver("div"):
     OmegaConf.register_new_resolver("div", _divide)
-GROUPS = ("dataset", "model", "train", "defense", "attack", "threat_model", "experiment", "compress")
+GROUPS = ("dataset", "model", "train", "defense", "attack", "threat_model", "checks", "experiment", "compress")
 
 
 def conf_dir() -> Path:
@@ -159,6 +159,13 @@ _RULES: dict[str, tuple[Rule, str]] = {
     "checks.unbounded.n_images": (_positive_int, "an integer >= 1"),
     "checks.unbounded.max_accuracy": (_unit_interval, "a number in [0, 1]"),
     "search.min_clean_accuracy": (_unit_interval, "a number in [0, 1]"),
+    "checks.indicators.n_images": (_positive_int, "an integer >= 1"),
+    "checks.indicators.noise_draws": (_positive_int, "an integer >= 1"),
+    "checks.indicators.noise_radius": (lambda v: _number(v) and v > 0, "a number > 0"),
+    **{f"checks.indicators.max_{name}": (_unit_interval, "a number in [0, 1]")
+       for name in ("unavailable", "unstable", "silent", "incomplete", "transfer_failure")},
+    "checks.query.n_images": (_positive_int, "an integer >= 1"),
+    "checks.query.max_gap": (_unit_interval, "a number in [0, 1]"),
 }
 
 

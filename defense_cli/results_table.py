@@ -14,7 +14,7 @@ PERCENT = ("accuracy", "rate")
 def _format(name: str, value: float) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "n/a"
-    if any(word in name for word in PERCENT):
+    if any(word in name for word in PERCENT) or name.startswith("indicator_"):
         return f"{100 * value:.2f} %"
     if name.startswith("n_") or name in ("gradient_evaluations", "queries"):
         return f"{int(value):,}"

@@ -56,3 +56,13 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     with torch.no_grad():
         return (model(images).argmax(1) == labels).float().mean().item()
+
+
+def pooled_blob_task(classes: int, per_class: int, seed: int):
+    """A `trained_mlp` behind a 4x4 average pool, and `blobs` upsampled to 1x16x16 (each blob pixel
+    a 4x4 block, so the pool gives the blob back): images large enough for SSIM (11x11 window)."""
+    from defense_cli.data import ImageSet
+
+    model = nn.Sequential(nn.AvgPool2d(4), trained_mlp(classes)).eval()
+    images, labels = blobs(classes, per_class, seed=seed)
+    return model, ImageSet(images.repeat_interleave(4, 2).repeat_interleave(4, 3), labels)

@@ -17,7 +17,8 @@ from defense_cli.config import compose, compose_group_option, group_options
 from defense_cli.tasks.prepare import check_config
 from defense_cli.errors import ConfigError
 
-ATTACKS = sorted(group_options("attack"))
+#: single attacks (the suites, configs with nested `attacks`, are tested in test_attacks_suite.py)
+ATTACKS = [name for name in sorted(group_options("attack")) if "attacks" not in compose_group_option("attack", name)]
 
 
 @pytest.fixture(scope="module")

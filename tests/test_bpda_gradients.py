@@ -174,6 +174,8 @@ def test_per_draw_metrics_report_mean_std_and_worst():
 
 
 def test_evaluate_defends_each_adversarial_batch_n_draws_times_for_random_defenses():
+    from defense_cli.attacks.suite import as_suite
+    from defense_cli.attacks.threat_models import GrayBox
     from defense_cli.data import ImageSet
     from defense_cli.evaluation import evaluate
 
@@ -182,8 +184,9 @@ def test_evaluate_defends_each_adversarial_batch_n_draws_times_for_random_defens
     pixels = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(2))   # SSIM needs 11x11
     data = ImageSet(pixels, torch.tensor([0, 1, 2, 0, 1, 2]))
     generator = torch.Generator().manual_seed(0)
-    ev = evaluate(model, AddNoise(), NoAttack(), model, data, 4, torch.device("cpu"), generator, 0, n_draws=3)
+    suite, threat_model = as_suite(NoAttack(), "none"), GrayBox(n_draws=3)
+    ev = evaluate(model, AddNoise(), suite, threat_model, data, 4, torch.device("cpu"), generator, 0)
     assert [tuple(d.shape) for d in ev.draws] == [(3, 4), (3, 2)]
     assert torch.equal(ev.draws[0][0], ev.defended_adversarial[0])
-    fixed = evaluate(model, JPEG(75), NoAttack(), model, data, 4, torch.device("cpu"), generator, 0, n_draws=3)
+    fixed = evaluate(model, JPEG(75), suite, threat_model, data, 4, torch.device("cpu"), generator, 0)
     assert fixed.draws == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from defense_cli.attacks import build_attack
+from defense_cli.attacks import build_attack, build_suite, build_threat_model
 from defense_cli.config import GROUPS, compose, conf_dir, group_options, validate
 from defense_cli.defenses import build_defense
 from defense_cli.errors import ConfigError
@@ -34,8 +34,11 @@ def test_every_defense_config_instantiates(option):
 @pytest.mark.parametrize("option", list(group_options("attack")))
 def test_every_attack_config_instantiates(option):
     cfg = compose([f"attack={option}"])
-    attack = build_attack(cfg.attack)
-    assert attack.describe()
+    suite = build_suite(cfg.attack)
+    entries = suite.plan(build_threat_model(cfg.threat_model), build_defense(cfg.defense))
+    assert suite.describe(entries, build_defense(cfg.defense))
+    if "attacks" not in cfg.attack:
+        assert build_attack(cfg.attack).describe()
 
 
 def test_defaults_are_the_documented_ones():

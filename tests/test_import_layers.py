@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "defense_cli"
 LAYERS = [
     {"errors", "environment", "termination"},
     {"artifact_cache", "instantiate", "parameter_checks", "config", "tracking", "run_search", "results_table",
-     "image_quality", "metrics", "visualize", "tracking_server"},
+     "image_quality", "metrics", "indicators", "visualize", "tracking_server"},
     {"data", "models", "table_spec"},
     {"defenses"},
     {"attacks"},

@@ -12,6 +12,7 @@ from defense_cli.attacks.foolbox_attacks import PGD
 from defense_cli.attacks.threat_models import BlackBox, GrayBox, WhiteBox, run_attack
 from defense_cli.defenses.base import Defense
 from defense_cli.defenses.jpeg import JPEG
+from defense_cli.attacks.suite import as_suite
 from defense_cli.evaluation import evaluate
 from defense_cli.results import summarize
 
@@ -137,8 +138,8 @@ def test_white_box_bpda_pgd_beats_gray_box_pgd_against_jpeg(digits_mlp):
     accuracy = {}
     for threat_model in ("white_box", "gray_box"):
         generator = torch.Generator().manual_seed(0)
-        target = threat(threat_model).target(attack, model, defense, None, generator)
-        metrics = summarize(evaluate(model, defense, attack, target, test, 200, torch.device("cpu"), generator, 0))
+        metrics = summarize(evaluate(model, defense, as_suite(attack, "pgd"), threat(threat_model), test, 200,
+                                     torch.device("cpu"), generator, 0))
         accuracy[threat_model] = metrics["robust_accuracy"]
     assert metrics["defended_clean_accuracy"] > 0.85
     assert accuracy["white_box"] < accuracy["gray_box"] < metrics["defended_clean_accuracy"] - 0.4

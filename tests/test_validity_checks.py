@@ -13,7 +13,10 @@ from defense_cli.attacks.foolbox_attacks import PGD
 from defense_cli.config import compose
 from defense_cli.defenses.base import Defense
 from defense_cli.defenses.jpeg import JPEG
+from defense_cli.attacks import build_suite
 from defense_cli.validity import (
+    Probe,
+    RunEvidence,
     random_without_eot,
     run_checks,
     strength_rises,
@@ -22,6 +25,9 @@ from defense_cli.validity import (
     unbounded_attack_config,
     unbounded_not_zero,
 )
+
+
+TRACE_INDICATORS = ("silent_success", "incomplete_optimisation", "transfer_failure")
 
 
 class Noise(Defense):
@@ -73,22 +79,32 @@ def checks_cfg(*overrides: str):
     return compose(["attack=pgd", *overrides])
 
 
+def probe() -> Probe:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    return Probe(images, torch.tensor([0, 1, 2, 3]), model, model)
+
+
 def run(cfg, defense, accuracy=0.5, sample=0.5, resampled=None, others=None):
     calls = []
 
-    def sample_attack(attack, settings, n):
-        calls.append((attack, settings, n))
-        return resampled[len(calls) - 1]
+    def sample_attack(suite, settings, n):
+        calls.append((next(iter(suite.attacks.values())), settings, n))
+        return {"robust_accuracy": resampled[len(calls) - 1], "n_images": float(n), "broken_clean": 0.0}
 
-    report = run_checks(cfg, defense, PGD(), accuracy, lambda n: sample, sample_attack, 784,
-                        lambda: others or {})
+    metrics = {"robust_accuracy": accuracy, **{f"indicator_{name}": math.nan for name in TRACE_INDICATORS}}
+    evidence = RunEvidence(metrics, lambda n: sample, sample_attack, lambda: others or {}, probe(), 784)
+    report = run_checks(cfg, defense, build_suite(cfg.attack), evidence)
     return report, calls
 
 
 def test_default_checks_are_quiet_on_a_sound_run_and_do_not_re_attack():
     report, calls = run(checks_cfg(), JPEG(75))
     assert report.flags == {} and calls == []
-    assert report.tags() == {"check.random_without_eot": "ok", "check.transfer_stronger": "ok"}
+    assert report.tags() == {"check.random_without_eot": "ok", "check.transfer_stronger": "ok",
+                             "check.unavailable_gradients": "ok", "check.unstable_predictions": "ok",
+                             **{f"check.{name}": "ok" for name in TRACE_INDICATORS},
+                             "check.randomness_detected": "ok"}
 
 
 def test_checks_fire_and_are_logged_as_tags():

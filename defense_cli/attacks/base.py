@@ -22,8 +22,8 @@ class AttackResult:
     """Adversarial images (same shape as the input, in [0, 1]) and what producing them cost."""
 
     adversarial: torch.Tensor
-    gradient_evaluations: int = 0   # images x backward passes
-    queries: int = 0                # images x forward passes without gradient
+    gradient_evaluations: int = 0   # images x backward passes x classifier draws per pass (EOT samples)
+    queries: int = 0                # images x forward passes without gradient x draws per pass
 
 
 class Attack(ABC):
@@ -60,7 +60,8 @@ class Attack(ABC):
 
 
 class CountingModel(nn.Module):
-    """Wraps a model and counts images forwarded with and without an input gradient."""
+    """Wraps a model and counts images forwarded with and without an input gradient, each times the
+    classifier evaluations one image costs (`model.draws_per_call`: the EOT samples, else 1)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -69,10 +70,11 @@ class CountingModel(nn.Module):
         self.query_images = 0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        count = images.shape[0] * getattr(self.model, "draws_per_call", 1)
         if torch.is_grad_enabled() and images.requires_grad:
-            self.gradient_images += images.shape[0]
+            self.gradient_images += count
         else:
-            self.query_images += images.shape[0]
+            self.query_images += count
         return self.model(images)
 
 

@@ -14,7 +14,8 @@ step's real input (the previous step's real output), not at the attacker's image
 
 EOT (expectation over transformation): a random defense is drawn `eot_samples` times per forward
 pass and the logits are averaged, so the gradient the attack sees is the mean of the per-draw
-gradients (the gradient is linear in the logits). `HighestLossIterate` keeps, per example, the
+gradients (the gradient is linear in the logits). The draws are one batch: the B images are
+repeated `eot_samples` times and defended in a single `B x eot_samples` defense call. `HighestLossIterate` keeps, per example, the
 iterate of highest cross-entropy loss that the attack evaluated inside its eps ball.
 """
 
@@ -89,11 +90,15 @@ class DefendedClassifier(nn.Module):
         self.bpda_mode = bpda_mode
         self.eot_samples = eot_samples
 
+    @property
+    def draws_per_call(self) -> int:
+        """Classifier evaluations per image of one forward pass (the EOT samples)."""
+        return self.eot_samples
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.classifier(bpda(self.defense, images, self.generator, self.bpda_mode))
-        for _ in range(self.eot_samples - 1):
-            logits = logits + self.classifier(bpda(self.defense, images, self.generator, self.bpda_mode))
-        return logits / self.eot_samples
+        repeated = images.repeat(self.eot_samples, *([1] * (images.dim() - 1)))
+        logits = self.classifier(bpda(self.defense, repeated, self.generator, self.bpda_mode))
+        return logits.view(self.eot_samples, images.shape[0], -1).mean(0)
 
 
 class HighestLossIterate(nn.Module):
@@ -113,6 +118,10 @@ class HighestLossIterate(nn.Module):
         self.eps = float("inf") if eps is None else float(eps)
         self.best = clean.detach().clone()
         self.best_loss = torch.full((len(labels),), -float("inf"), device=clean.device)
+
+    @property
+    def draws_per_call(self) -> int:
+        return getattr(self.model, "draws_per_call", 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.model(images)

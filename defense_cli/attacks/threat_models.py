@@ -16,6 +16,7 @@ from torch import nn
 
 from defense_cli.attacks.base import Attack, AttackResult
 from defense_cli.attacks.bpda import BPDA_MODES, DefendedClassifier, HighestLossIterate
+from defense_cli.attacks.trace import IterateTrace
 from defense_cli.defenses.base import Defense
 from defense_cli.errors import ConfigError
 from defense_cli.instantiate import build_from_config
@@ -82,6 +83,9 @@ class WhiteBox(ThreatModel):
     def with_eot_samples(self, eot_samples: int) -> WhiteBox:
         return WhiteBox(self.bpda, eot_samples, self.n_draws)
 
+    def with_bpda(self, bpda: str) -> WhiteBox:
+        return WhiteBox(bpda, self.eot_samples, self.n_draws)
+
 
 class GrayBox(ThreatModel):
     """Classifier known, defense not: attack the bare classifier, then defend."""
@@ -121,10 +125,12 @@ def keeps_highest_loss(target: nn.Module) -> bool:
 
 
 def run_attack(attack: Attack, target: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-               generator: torch.Generator | None = None) -> AttackResult:
-    """`attack(target, ...)`; against an EOT target, each example keeps its highest-loss iterate."""
+               generator: torch.Generator | None = None, trace: IterateTrace | None = None) -> AttackResult:
+    """`attack(target, ...)`; against an EOT target, each example keeps its highest-loss iterate.
+    `trace`, an `IterateTrace` around `target`, records the iterates when given."""
+    model = target if trace is None else trace
     if not (keeps_highest_loss(target) and attack.uses_gradients):
-        return attack(target, images, labels, generator)
-    tracker = HighestLossIterate(target, images, labels, attack.norm, attack.eps)
+        return attack(model, images, labels, generator)
+    tracker = HighestLossIterate(model, images, labels, attack.norm, attack.eps)
     outcome = attack(tracker, images, labels, generator)
     return AttackResult(tracker.select(outcome.adversarial), outcome.gradient_evaluations, outcome.queries)

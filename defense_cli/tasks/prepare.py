@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from defense_cli.artifact_cache import cache_key
-from defense_cli.attacks import build_attack, build_threat_model
+from defense_cli.attacks import build_attack, build_suite, build_threat_model
 from defense_cli.attacks.threat_models import BlackBox
 from defense_cli.config import config_hash, validate
 from defense_cli.data import Dataset, DatasetSplits, load_dataset
@@ -78,7 +78,7 @@ def check_config(cfg: DictConfig) -> None:
     build_from_config(cfg.dataset, "dataset", Dataset)
     build_classifier(cfg.model, cfg.dataset)
     threat_model = build_threat_model(cfg.threat_model)
-    threat_model.check(build_attack(cfg.attack), build_defense(cfg.defense))
+    build_suite(cfg.attack).plan(threat_model, build_defense(cfg.defense))   # each attack checked
     if isinstance(threat_model, BlackBox):
         build_classifier(cfg.threat_model.source.model, cfg.dataset)
     if cfg.train.scheme == "repr":

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from defense_cli.attacks import Attack, ThreatModel, build_attack, build_threat_model
-from defense_cli.defenses import DefenseContext, build_defense
-from defense_cli.evaluation import evaluate
+from defense_cli.attacks import ThreatModel, build_suite, build_threat_model
+from defense_cli.attacks.bpda import DefendedClassifier
+from defense_cli.attacks.suite import AttackSuite
+from defense_cli.defenses import Defense, DefenseContext, build_defense
+from defense_cli.evaluation import Evaluation, evaluate
 from defense_cli.results_table import print_table, results_table
 from defense_cli.results import per_draw_accuracies, search_score, summarize
 from defense_cli.tasks.prepare import (Prepared, classifier, prepare, run_name, run_tags, setting_key,
                                        source_classifier)
 from defense_cli.tracking import current_parent_run, flatten, keep_results
-from defense_cli.validity import CheckReport, run_checks
+from defense_cli.validity import CheckReport, Probe, RunEvidence, run_checks
 
 
 def run_experiment(cfg: DictConfig) -> dict[str, float]:
     """The `run` task. Returns the metrics it logged (with `search_score` among them)."""
     p = prepare(cfg)
-    attack = build_attack(cfg.attack)
+    suite = build_suite(cfg.attack)
     defense = build_defense(cfg.defense)
     threat_model = build_threat_model(cfg.threat_model)
     with p.tracker.run(run_name(cfg), run_tags(cfg, "run"), current_parent_run()) as run:
@@ -31,48 +34,52 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
         generator = torch.Generator(device=p.device).manual_seed(cfg.seed)
         defense.prepare(DefenseContext(classifier=trained.model, train_set=p.splits.train, cache_dir=p.cache,
                                        device=p.device, seed=cfg.seed))
-
-        def source_model() -> torch.nn.Module:
-            return source_classifier(p, cfg.threat_model.source).model
-
-        target = threat_model.target(attack, trained.model, defense, source_model, generator)
-        ev = evaluate(trained.model, defense, attack, target, p.splits.test, cfg.eval_batch_size, p.device,
-                      generator, cfg.num_samples_grid, threat_model.n_draws)
+        source_model = functools.cache(lambda: source_classifier(p, cfg.threat_model.source).model)
+        ev = evaluate(trained.model, defense, suite, threat_model, p.splits.test, cfg.eval_batch_size, p.device,
+                      generator, cfg.num_samples_grid, source_model)
         metrics = {**summarize(ev), "train_seconds": trained.seconds,
                    "classifier_train_accuracy": trained.train_accuracy}
+        checks = _validity(cfg, p, trained.model, defense, suite, threat_model, ev, metrics, source_model)
+        metrics.update(checks.metrics)
         metrics["search_score"] = search_score(metrics, cfg.search.min_clean_accuracy)
         keep_results({"metrics": metrics, "run_id": run.run_id, "config": OmegaConf.to_container(cfg, resolve=True)})
         run.metrics(metrics)
         run.series({f"epoch_{name}": values for name, values in trained.history.items()})
         run.series({"robust_accuracy_draw": per_draw_accuracies(ev)}, first_step=0)
-
-        checks = _validity(cfg, p, trained.model, defense, attack, ev, metrics["robust_accuracy"], source_model)
-        run.tags({"attack_strength": threat_model.describe(attack, defense),
-                  "classifier_cache_hit": str(trained.cache_hit), "classifier_key": trained.key, **checks.tags()})
+        strength = suite.describe(suite.plan(threat_model, defense), defense)
+        run.tags({"attack_strength": strength[:5000], "classifier_cache_hit": str(trained.cache_hit),
+                  "classifier_key": trained.key, **checks.tags()})
         run.json({**metrics, "per_draw_robust_accuracy": per_draw_accuracies(ev), "checks": checks.outcomes},
                  "metrics.json")
         _log_grid(run, ev, p.splits.classes)
     context = {"data": f"{cfg.dataset.name} ({int(metrics['n_images'])} test images)",
-               "model": cfg.model.name, "defense": repr(defense), "attack": threat_model.describe(attack, defense),
+               "model": cfg.model.name, "defense": repr(defense), "attack": strength,
                "threat model": cfg.threat_model.name, "device": str(p.device), "mlflow run": run.run_id}
-    print_table(results_table("defense-cli run", metrics, context, checks.flags))
+    print_table(results_table("defense-cli run", ordered_metrics(metrics, ev), context, checks.flags))
     return metrics
 
 
-def _validity(cfg: DictConfig, p: Prepared, model: torch.nn.Module, defense, attack: Attack, ev,
-              robust_accuracy: float, source_model) -> CheckReport:
-    """The validity checks switched on in `cfg.checks` (see defense_cli/validity.py)."""
-    defended_adv, labels = ev.cat("defended_adversarial"), ev.cat("labels")
+def ordered_metrics(metrics: dict[str, float], ev: Evaluation) -> dict[str, float]:
+    """The worst case first (robust accuracy, then each suite attack's), then everything else."""
+    head = ["robust_accuracy", "robust_accuracy_every_draw", "robust_accuracy_first_draw"]
+    head += [key for name in ev.entries for key in (f"robust_accuracy_{name}", f"robust_accuracy_after_{name}",
+                                                     f"broken_by_{name}")]
+    first = {key: metrics[key] for key in head if key in metrics}
+    return {**first, **{key: value for key, value in metrics.items() if key not in first}}
+
+
+def _validity(cfg: DictConfig, p: Prepared, model: torch.nn.Module, defense: Defense, suite: AttackSuite,
+              threat_model: ThreatModel, ev: Evaluation, metrics: dict[str, float], source_model) -> CheckReport:
+    """The validity checks and indicators switched on in `cfg.checks` (see defense_cli/validity.py)."""
+    robust = ev.cat("robust")
 
     def sample_accuracy(n: int) -> float:
-        return (defended_adv[:n] == labels[:n]).float().mean().item()
+        return robust[:n].float().mean().item()
 
-    def sample_attack(stronger: Attack, threat_model: ThreatModel, n: int) -> float:
+    def sample_attack(sample_suite: AttackSuite, sample_threat_model: ThreatModel, n: int) -> dict[str, float]:
         generator = torch.Generator(device=p.device).manual_seed(cfg.seed)
-        target = threat_model.target(stronger, model, defense, source_model, generator)
-        sample = evaluate(model, defense, stronger, target, p.splits.test.head(n), cfg.eval_batch_size, p.device,
-                          generator, 0)
-        return summarize(sample)["robust_accuracy"]
+        return summarize(evaluate(model, defense, sample_suite, sample_threat_model, p.splits.test.head(n),
+                                  cfg.eval_batch_size, p.device, generator, 0, source_model))
 
     def other_runs() -> dict[str, float]:
         found = p.tracker.finished_runs({"setting": setting_key(cfg)}, "robust_accuracy")
@@ -80,8 +87,15 @@ def _validity(cfg: DictConfig, p: Prepared, model: torch.nn.Module, defense, att
         return {run_id: accuracy for run_id, (tags, accuracy) in found.items()
                 if (tags.get("threat_model") == "white_box") == want_white}
 
-    n_pixels = p.splits.test.float_images(slice(0, 1))[0].numel()
-    return run_checks(cfg, defense, attack, robust_accuracy, sample_accuracy, sample_attack, n_pixels, other_runs)
+    generator = torch.Generator(device=p.device).manual_seed(cfg.seed)
+    images, labels = next(iter(p.splits.test.head(cfg.checks.indicators.n_images).batches(
+        cfg.checks.indicators.n_images, device=p.device)))
+    lead = next((entry for entry in suite.plan(threat_model, defense) if entry.attack.uses_gradients), None)
+    attacked = None if lead is None else lead.threat_model.target(lead.attack, model, defense, source_model, generator)
+    probe = Probe(images, labels, attacked, DefendedClassifier(model, defense, generator), generator)
+    n_pixels = images[0].numel()
+    evidence = RunEvidence(metrics, sample_accuracy, sample_attack, other_runs, probe, n_pixels)
+    return run_checks(cfg, defense, suite, evidence)
 
 
 def _log_grid(run, ev, classes) -> None:
