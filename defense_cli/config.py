@@ -152,6 +152,8 @@ _RULES: dict[str, tuple[Rule, str]] = {
     "checks.unbounded.n_images": (_positive_int, "an integer >= 1"),
     "checks.unbounded.max_accuracy": (_unit_interval, "a number in [0, 1]"),
     "search.min_clean_accuracy": (_unit_interval, "a number in [0, 1]"),
+    "checks.clean_drop_tolerance": (_unit_interval, "a number in [0, 1]"),
+    "checks.chance_margin": (_unit_interval, "a number in [0, 1]"),
 }
 
 

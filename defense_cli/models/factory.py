@@ -7,7 +7,8 @@ Two keys of every model config are the factory's own, not the backbone's (timm-s
 an argument of the factory, not an architecture): `checkpoint` (null, or a state_dict file to load,
 see `checkpoints.py`) and `normalization` (`dataset`: the Classifier normalises [0, 1] images with
 the dataset's mean and std, as the project's own models are trained; `none`: the network takes
-[0, 1] images as they are).
+[0, 1] images as they are); `default_lr`, where a model has one, is read by the train config
+(`train.lr` defaults to it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from defense_cli.instantiate import build_from_config
 from defense_cli.models.checkpoints import check_output_shape, load_checkpoint
 from defense_cli.models.classifier import Classifier
 
-FACTORY_KEYS = ("checkpoint", "normalization")
+FACTORY_KEYS = ("checkpoint", "normalization", "default_lr")
 NORMALIZATIONS = ("dataset", "none")
 
 

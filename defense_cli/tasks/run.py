@@ -46,7 +46,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
         run.series({f"epoch_{name}": values for name, values in trained.history.items()})
         run.series({"robust_accuracy_draw": per_draw_accuracies(ev)}, first_step=0)
 
-        checks = _validity(cfg, p, trained.model, defense, attack, ev, metrics["robust_accuracy"], source_model)
+        checks = _validity(cfg, p, trained.model, defense, attack, ev, metrics, source_model)
         run.tags({"attack_strength": threat_model.describe(attack, defense),
                   "classifier_cache_hit": str(trained.cache_hit), "classifier_key": trained.key, **checks.tags()})
         run.json({**metrics, "per_draw_robust_accuracy": per_draw_accuracies(ev), "checks": checks.outcomes},
@@ -60,7 +60,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
 
 
 def _validity(cfg: DictConfig, p: Prepared, model: torch.nn.Module, defense, attack: Attack, ev,
-              robust_accuracy: float, source_model) -> CheckReport:
+              metrics: dict[str, float], source_model) -> CheckReport:
     """The validity checks switched on in `cfg.checks` (see defense_cli/validity.py)."""
     defended_adv, labels = ev.cat("defended_adversarial"), ev.cat("labels")
 
@@ -81,7 +81,8 @@ def _validity(cfg: DictConfig, p: Prepared, model: torch.nn.Module, defense, att
                 if (tags.get("threat_model") == "white_box") == want_white}
 
     n_pixels = p.splits.test.float_images(slice(0, 1))[0].numel()
-    return run_checks(cfg, defense, attack, robust_accuracy, sample_accuracy, sample_attack, n_pixels, other_runs)
+    return run_checks(cfg, defense, attack, metrics["robust_accuracy"], sample_accuracy, sample_attack, n_pixels, other_runs,
+                      (metrics["clean_accuracy"], metrics["defended_clean_accuracy"]))
 
 
 def _log_grid(run, ev, classes) -> None:

@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from defense_cli.data import ImageSet
+from defense_cli.errors import TrainingDiverged
 from defense_cli.training.augment import random_crop_flip
 from defense_cli.training.hooks import TrainingHooks
 from defense_cli.training.repr import scheme_hooks
@@ -90,6 +91,9 @@ def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: 
             loss_sum += loss.item() * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if not math.isfinite(loss_sum):
+            raise TrainingDiverged(f"training diverged: the loss is {loss_sum / len(data)} in epoch {epoch + 1} of "
+                                   f"{cfg.epochs} (train.lr={cfg.lr}, train.optimizer={cfg.optimizer}); lower train.lr")
         log.losses.append(loss_sum / len(data))
         log.accuracies.append(correct / len(data))
         for hook in hooks:
