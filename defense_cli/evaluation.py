@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from defense_cli.attacks import Attack
 from defense_cli.attacks.threat_models import run_attack
 from defense_cli.data import ImageSet
 from defense_cli.defenses import Defense
+from defense_cli.progress import progress
 
 
 @dataclass
@@ -79,7 +79,7 @@ def evaluate(classifier: nn.Module, defense: Defense, attack: Attack, target: nn
     result = Evaluation()
     classifier.eval()
     batches = test.batches(batch_size, device=device)
-    for images, labels in tqdm(batches, total=-(-len(test) // batch_size), desc="attack + defend", leave=False, disable=None):
+    for images, labels in progress(batches, -(-len(test) // batch_size), "attack + defend"):
         start = time.perf_counter()
         defended = defense(images, generator)
         result.defense_seconds += time.perf_counter() - start
