@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -259,16 +260,30 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
 
     Example: defense-cli ui --port 5001
     """
-    from defense_cli.tracking import is_server, tracking_uri
+    import signal
 
-    uri = tracking_uri(compose(overrides or []))
+    from defense_cli.tracking import Tracker, is_server, tracking_uri
+
+    cfg = compose(overrides or [])
+    uri = tracking_uri(cfg)
     if is_server(uri):
         typer.echo(f"The tracking server serves its own UI: open {uri} in a browser.")
         return
-    typer.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}")
+    experiment = Tracker.from_config(cfg).open_on_runs()
+    typer.echo(f"MLflow UI for {uri}: the runs of experiment {cfg.mlflow.experiment_name!r} are at
+"
+               f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(port)]
-    raise typer.Exit(subprocess.call(command))
+    server = subprocess.Popen(command, start_new_session=True)  # its own group: the server's workers stop with it
+
+    def stop(signum, frame) -> None:
+        os.killpg(server.pid, signal.SIGTERM)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+    code = server.wait()
+    raise typer.Exit(0 if code < 0 else code)  # < 0: stopped by the signal passed on
 
 
 @app.command()
