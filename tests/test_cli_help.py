@@ -43,3 +43,14 @@ def test_input_errors_print_only_our_paragraph_and_write_no_run(home, monkeypatc
     assert "Error executing job" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.strip()][0].startswith("error: ")
     assert runs_in(home) == []
+
+
+def test_results_table_fits_80_columns_in_a_pipe(capsys):
+    from defense_cli.results_table import print_table, results_table
+
+    attack = "PGD(norm=linf, eps=0.03137254901960784, steps=20, step_size=0.0031, restarts=1) + BPDA(identity)"
+    print_table(results_table("defense-cli run", {"robust_accuracy": 0.5}, {"attack": attack},
+                              {"classifier_at_chance": "clean accuracy 10.00% is at chance " * 3}))
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "0.03137254901960784" in "".join(lines)  # wrapped inside its cell, not cut
