@@ -107,9 +107,9 @@ def _train_task(cfg: DictConfig) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        from defense_cli import __version__
+        from importlib.metadata import version
 
-        typer.echo(f"defense-cli {__version__}")
+        typer.echo(f"defense-cli {version('defense-cli')}")
         raise typer.Exit()
 
 
