@@ -270,8 +270,7 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
         typer.echo(f"The tracking server serves its own UI: open {uri} in a browser.")
         return
     experiment = Tracker.from_config(cfg).open_on_runs()
-    typer.echo(f"MLflow UI for {uri}: the runs of experiment {cfg.mlflow.experiment_name!r} are at
-"
+    typer.echo(f"MLflow UI for {uri}: the runs of experiment {cfg.mlflow.experiment_name!r} are at\n"
                f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(port)]
