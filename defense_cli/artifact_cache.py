@@ -28,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-#: dataset keys that select or locate the data but do not change what is built from it
-DATASET_KEYS_NOT_IN_KEY = ("limit", "data_dir", "download")
+#: dataset keys that select or locate the data, or say how to attack it, but do not change what is built from it
+DATASET_KEYS_NOT_IN_KEY = ("limit", "data_dir", "download", "attack_eps")
 
 
 def config_without(cfg: DictConfig, keys: tuple[str, ...]) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -16,13 +17,11 @@ from defense_cli.errors import ConfigError, TrackingUnavailable
 from defense_cli.results_table import console as report_console
 from defense_cli.termination import TerminatedBySignal
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Run, sweep and compare adversarial defenses, attacks and CNN compressions "
-         "from Hydra configs; results go to MLflow.",
-)
+app = typer.Typer(add_completion=False, no_args_is_help=True)
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["--help"]}
+#: Hydra's own flags that `run`, `train` and `compress` pass through (the value of --cfg etc. follows)
+HYDRA_FLAGS = ("-m", "--multirun", "--cfg", "-c", "--resolve", "--package", "-p", "--info", "-i",
+               "--config-name", "-cn", "--config-dir", "-cd", "--hydra-help", "--experimental-rerun")
 EXIT_BAD_INPUT = 2
 EXIT_TRACKING_UNAVAILABLE = 3
 
@@ -34,6 +33,11 @@ def _dispatch(task: Callable[[DictConfig], object], args: list[str]) -> None:
 
     from defense_cli.hydra_app import launch
 
+    unknown = [a for a in args if a.startswith("-") and a.split("=")[0] not in HYDRA_FLAGS]
+    if unknown:
+        _fail(f"unknown option {unknown[0]!r}. Arguments are Hydra overrides (GROUP=OPTION, KEY=VALUE, "
+              f"+KEY=VALUE) and these options: {', '.join(HYDRA_FLAGS[:6])}, --info, --config-name, "
+              "--config-dir; see --help.")
     try:
         launch(task, args)
     except ConfigError as err:
@@ -101,19 +105,38 @@ def _train_task(cfg: DictConfig) -> None:
     train_only(cfg)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"defense-cli {version('defense-cli')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="print the version and exit")) -> None:
+    """Run, sweep and compare adversarial defenses, attacks and CNN compressions from Hydra
+    configs; results go to MLflow."""
+
+
 @app.command(context_settings=HYDRA_ARGS)
 def run(ctx: typer.Context) -> None:
     """Run one experiment (or a sweep with -m) and log it to MLflow.
 
-    Arguments are Hydra overrides: GROUP=OPTION picks a config file, KEY=VALUE sets a value.
+    Arguments are Hydra overrides: GROUP=OPTION picks a config file (`defense-cli list GROUP` shows the options), KEY=VALUE sets a value (attack.eps=0.05), +KEY=VALUE adds a new key.
+
+    -m / --multirun sweeps every combination of comma-separated values (a,b) or range(start,stop,step), one MLflow child run per job. --cfg job prints the composed config and stops (--cfg hydra, --cfg all; --resolve resolves interpolations).
 
     Examples:
 
       defense-cli run defense=jpeg attack=pgd attack.eps=0.0313 threat_model=gray_box
 
-      defense-cli run -m defense=none,jpeg attack.eps=0.01,0.03
+      defense-cli run -m defense=none,jpeg attack.eps=0.01,0.03 dataset.limit=200
 
-      defense-cli run --cfg job        (print the composed config)
+      defense-cli run defense=splic defense@train.preprocess=splic attack=bpda
+
+      defense-cli run --cfg job defense=menet
     """
     _dispatch(_run_task, list(ctx.args))
 
@@ -237,16 +260,29 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
 
     Example: defense-cli ui --port 5001
     """
-    from defense_cli.tracking import is_server, tracking_uri
+    import signal
 
-    uri = tracking_uri(compose(overrides or []))
+    from defense_cli.tracking import Tracker, is_server, tracking_uri
+
+    cfg = compose(overrides or [])
+    uri = tracking_uri(cfg)
     if is_server(uri):
         typer.echo(f"The tracking server serves its own UI: open {uri} in a browser.")
         return
-    typer.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}")
+    experiment = Tracker.from_config(cfg).open_on_runs()
+    typer.echo(f"MLflow UI for {uri}: the runs of experiment {cfg.mlflow.experiment_name!r} are at\n"
+               f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(port)]
-    raise typer.Exit(subprocess.call(command))
+    server = subprocess.Popen(command, start_new_session=True)  # its own group: the server's workers stop with it
+
+    def stop(signum, frame) -> None:
+        os.killpg(server.pid, signal.SIGTERM)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+    code = server.wait()
+    raise typer.Exit(0 if code < 0 else code)  # < 0: stopped by the signal passed on
 
 
 @app.command()

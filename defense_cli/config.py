@@ -44,7 +44,8 @@ def conf_dir() -> Path:
 
 
 def group_options(group: str) -> dict[str, str]:
-    """Options of a config group mapped to their one-line description (the file's first comment)."""
+    """Options of a config group mapped to their description (the file's first comment, up to the
+    first line that ends a sentence: never cut mid-sentence)."""
     folder = conf_dir() / group
     if not folder.is_dir():
         raise ConfigError(f"unknown config group '{group}'; allowed groups: {', '.join(GROUPS)}")
@@ -52,11 +53,17 @@ def group_options(group: str) -> dict[str, str]:
 
 
 def _first_comment(path: Path) -> str:
+    parts: list[str] = []
     for line in path.read_text().splitlines():
         text = line.strip()
-        if text.startswith("#") and not text.startswith("# @package"):
-            return text.lstrip("# ").strip()
-    return ""
+        if text.startswith("# @package") or (not parts and not text.startswith("#")):
+            continue
+        if not text.startswith("#"):
+            break
+        parts.append(text.lstrip("# ").strip())
+        if parts[-1].endswith("."):
+            break
+    return " ".join(parts)
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = CONFIG_NAME) -> DictConfig:
@@ -166,6 +173,8 @@ _RULES: dict[str, tuple[Rule, str]] = {
        for name in ("unavailable", "unstable", "silent", "incomplete", "transfer_failure")},
     "checks.query.n_images": (_positive_int, "an integer >= 1"),
     "checks.query.max_gap": (_unit_interval, "a number in [0, 1]"),
+    "checks.clean_drop_tolerance": (_unit_interval, "a number in [0, 1]"),
+    "checks.chance_margin": (_unit_interval, "a number in [0, 1]"),
 }
 
 

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class TrackingUnavailable(RuntimeError):
     """The MLflow tracking store cannot be reached; the message names its URI and what to do."""
+
+
+class TrainingDiverged(ConfigError):
+    """Training produced a non-finite loss: a setting (learning rate, optimiser) to change."""

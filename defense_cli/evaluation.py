@@ -8,12 +8,12 @@ from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from defense_cli.attacks.suite import AttackSuite
 from defense_cli.attacks.threat_models import ThreatModel
 from defense_cli.data import ImageSet
 from defense_cli.defenses import Defense
+from defense_cli.progress import progress
 
 
 @dataclass
@@ -111,7 +111,7 @@ def evaluate(classifier: nn.Module, defense: Defense, suite: AttackSuite, threat
     classifier.eval()
     judge = robust_judge(classifier, defense, n_draws, generator)
     batches = test.batches(batch_size, device=device)
-    for images, labels in tqdm(batches, total=-(-len(test) // batch_size), desc="attack + defend", leave=False, disable=None):
+    for images, labels in progress(batches, -(-len(test) // batch_size), "attack + defend"):
         start = time.perf_counter()
         defended = defense(images, generator)
         result.defense_seconds += time.perf_counter() - start

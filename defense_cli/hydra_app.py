@@ -11,9 +11,11 @@ Hydra's launcher stops running) is marked KILLED here before the exception reach
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 import hydra
 from omegaconf import DictConfig
@@ -30,10 +32,45 @@ def launch(task: Callable[[DictConfig], object], args: list[str], program: str =
     saved = sys.argv
     sys.argv = [program, *args]
     try:
-        with signals_raise():
+        with signals_raise(), _without_job_error_line():
             main()
     except TerminatedBySignal as stopped:
         close_open_runs(stopped)
         raise
     finally:
         sys.argv = saved
+
+
+#: what Hydra writes to stderr before re-raising a job's exception; the CLI prints its own paragraph
+HYDRA_JOB_ERROR_LINE = "Error executing job with overrides:"
+
+
+class _DropLine(io.TextIOBase):
+    """stderr less the lines that start with HYDRA_JOB_ERROR_LINE."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if not text.startswith(HYDRA_JOB_ERROR_LINE):
+            self.stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+@contextlib.contextmanager
+def _without_job_error_line() -> Iterator[None]:
+    saved = sys.stderr
+    sys.stderr = _DropLine(saved)
+    try:
+        yield
+    finally:
+        sys.stderr = saved

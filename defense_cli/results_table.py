@@ -37,10 +37,14 @@ def results_table(title: str, metrics: Mapping[str, float], context: Mapping[str
     return table
 
 
+#: columns of every table, on a terminal and in a pipe or file (long values wrap inside their cell)
+WIDTH = 80
+
+
 def console() -> Console:
-    """A console that does not cut tables to 80 columns when the output is a file or a pipe."""
+    """A console that prints tables at most WIDTH columns wide."""
     out = Console()
-    return out if out.is_terminal else Console(width=160)
+    return Console(width=min(out.width, WIDTH)) if out.is_terminal else Console(width=WIDTH)
 
 
 def print_table(table: Table) -> None:

@@ -104,7 +104,8 @@ def flatten(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, 
         if isinstance(value, Mapping):
             flat.update(flatten(value, f"{name}."))
         else:
-            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+            text = f"{value:.15g}" if isinstance(value, float) else str(value)  # range(): 0.15, not 0.15000000000000002
+            flat[name] = text[:MAX_PARAM_LENGTH]
     return flat
 
 
@@ -136,6 +137,12 @@ class Tracker:
             if existing is None:
                 raise
             return existing.experiment_id
+
+    def open_on_runs(self) -> str:
+        """Tag the experiment as model development, so that the MLflow 3 UI opens on its runs
+        table (not the GenAI traces page); returns the experiment id."""
+        self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
+        return self.experiment_id
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Tracker:

@@ -19,6 +19,11 @@ switched on in the `checks` config group: `checks=default` runs the cheap ones (
 - transfer_stronger: a gray- or black-box attack beats the white-box one on the same setting (the
   white-box attacker knows strictly more, so its result is then not a real upper bound).
 - strength: robust accuracy rises when the attack gets more steps or more EOT samples.
+- defended_clean_drop: the defense costs more clean accuracy than `clean_drop_tolerance`: the
+  classifier does not fit defended images (most papers train it on them, e.g. SPLIC-Net), so the
+  robust accuracy measures a broken classifier rather than a defense.
+- classifier_at_chance: the classifier's clean accuracy is at chance level: training failed
+  (a learning rate too high for the model, too few epochs), and every other number is meaningless.
 - unbounded: a white-box attack with eps = 1 (Linf; the image diameter for L2) leaves accuracy
   above about 0 %: the gradient does not lead anywhere (gradient masking); its metric
   `indicator_unconstrained_failure` is indicator 6, the share of clean-correct points not flipped.
@@ -72,6 +77,29 @@ def transfer_stronger(threat_model: str, robust_accuracy: float, others: dict[st
         return (f"{threat_model} robust accuracy {robust_accuracy:.2%} is below the white-box "
                 f"{white:.2%} (run {run_id}): the white-box attack is too weak")
     return None
+
+
+def defended_clean_drop(clean: float, defended_clean: float, tolerance: float, defense_name: str,
+                        trained_on_defended: bool) -> str | None:
+    """Fires when defended clean accuracy is more than `tolerance` below clean accuracy."""
+    if math.isnan(clean) or math.isnan(defended_clean) or clean - defended_clean <= tolerance:
+        return None
+    hint = ("even on a classifier trained on defended images: the defense destroys the images' content"
+            if trained_on_defended else
+            f"the classifier was trained on clean images; train it on defended ones with "
+            f"defense@train.preprocess={defense_name}")
+    return (f"defended clean accuracy {defended_clean:.2%} is {100 * (clean - defended_clean):.1f} points below "
+            f"clean {clean:.2%} (tolerance {tolerance:.0%}): {hint}")
+
+
+def classifier_at_chance(clean: float, num_classes: int, margin: float, train_cfg: DictConfig) -> str | None:
+    """Fires when clean accuracy is at most chance (1 / num_classes) + `margin`."""
+    chance = 1 / num_classes
+    if math.isnan(clean) or clean > chance + margin:
+        return None
+    return (f"clean accuracy {clean:.2%} is at chance ({chance:.0%} for {num_classes} classes): the classifier "
+            f"did not learn (train.lr={train_cfg.lr}, train.epochs={train_cfg.epochs}); lower train.lr or train "
+            "longer")
 
 
 def strength_rises(base_accuracy: float, stronger_accuracy: float, what: str, tolerance: float) -> str | None:
@@ -221,6 +249,13 @@ def run_checks(cfg: DictConfig, defense: Defense, suite: AttackSuite, evidence: 
                                                              evidence.other_runs(), checks.transfer_tolerance))
     _indicators(report, checks.indicators, defense, evidence)
     lead_cfg = lead_attack_config(cfg.attack)
+    clean_accuracies = (evidence.metrics.get("clean_accuracy"), evidence.metrics.get("defended_clean_accuracy"))
+    if checks.classifier_at_chance and clean_accuracies[0] is not None:
+        report.record("classifier_at_chance", classifier_at_chance(
+            clean_accuracies[0], cfg.dataset.num_classes, checks.chance_margin, cfg.train))
+    if checks.defended_clean_drop and None not in clean_accuracies:
+        report.record("defended_clean_drop", defended_clean_drop(
+            *clean_accuracies, checks.clean_drop_tolerance, cfg.defense.name, cfg.train.preprocess is not None))
     if checks.strength.enabled:
         _strength(report, cfg, lead_cfg, defense, threat_model, evidence)
     if checks.unbounded.enabled:

@@ -62,6 +62,9 @@ def test_multirun_makes_one_parent_and_four_children(home, shared_cache):
     combos = {(r.data.params["defense.name"], r.data.params["attack.eps"]) for r in children}
     assert combos == {("none", "0.02"), ("none", "0.05"), ("jpeg", "0.02"), ("jpeg", "0.05")}
     assert all(r.info.status == "FINISHED" for r in children)
+    names = {r.info.run_name for r in children}  # named by what differs between the jobs
+    assert names == {f"mnist5k-small_cnn-{d}-pgd-white_box defense={d} attack.eps={e}"
+                     for d in ("none", "jpeg") for e in ("0.02", "0.05")}
 
 
 def test_cfg_job_prints_the_composed_config_without_running(home):
@@ -87,3 +90,12 @@ def test_list_and_help_describe_every_command(home):
         shown = run_cli(command, "--help", cwd=home)
         assert shown.returncode == 0, shown.stderr
         assert "Example" in shown.stdout or command == "bench"
+
+
+def test_a_float_range_sweep_logs_the_values_as_written(home, shared_cache):
+    result = run_cli("run", "-m", "attack.eps=range(0.05,0.2,0.05)", *DATA, "attack.steps=1", "dataset.limit=8",
+                     f"paths.home={home}", f"paths.cache_dir={shared_cache}", cwd=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    children = [r for r in runs_in(home) if r.data.tags.get("sweep") != "parent"]
+    assert sorted(r.data.params["attack.eps"] for r in children) == ["0.05", "0.1", "0.15"]
+    assert {r.info.run_name.split(" ")[-1] for r in children} == {"attack.eps=0.05", "attack.eps=0.1", "attack.eps=0.15"}

@@ -97,3 +97,16 @@ def test_vh2_matches_the_macs_of_the_lowrank_layer_it_is_compared_with():
     per_filter = 8 * 3 * 5 * 10 + 5 * 3 * 5 * 5  # vertical on 5 x 10 positions, horizontal on 5 x 5
     assert vh2.macs_after == vh2.rank * per_filter
     assert abs(vh2.macs_after - lowrank.macs_after) <= per_filter / 2
+
+
+def test_by_default_the_first_and_last_conv_are_kept():
+    """000 section 2.6.2: small_cnn's convs are conv1-conv3, so `compress.rank=0.25` decomposes conv2 alone."""
+    from defense_cli.compression.network import conv_layers, select_layers
+    from defense_cli.config import compose
+    from defense_cli.models import build_classifier
+
+    cfg = compose(["model=small_cnn"])
+    layers = conv_layers(build_classifier(cfg.model, cfg.dataset), (1, 28, 28))
+    assert [layer.name for layer in layers] == ["conv1", "conv2", "conv3"]
+    assert [layer.name for layer in select_layers(layers, None, None)] == ["conv2"]
+    assert [layer.name for layer in select_layers(layers, ["conv2", "conv3"], None)] == ["conv2", "conv3"]

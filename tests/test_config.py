@@ -13,7 +13,9 @@ from defense_cli.tasks.prepare import check_config
 
 GROUP_OPTIONS = [(group, option) for group in GROUPS if (conf_dir() / group).is_dir()
                  for option in group_options(group)]
-REQUIRED = {"dataset=image_folder": ["dataset.root=/nonexistent"], "model=compressed": ["model.entry=/x.pt"]}
+REQUIRED = {"dataset=image_folder": ["dataset.root=/nonexistent"], "model=compressed": ["model.entry=/x.pt"],
+            "model=saved": ["model.path=/x.pt2", "model.normalization=none"],
+            "model=custom": ["model._target_=mypackage.Net", "model.normalization=none"]}
 PRIMARY = {"compress": "compress_config"}  # groups composed by their own command's primary config
 
 

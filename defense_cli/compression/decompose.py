@@ -29,6 +29,7 @@ from defense_cli.compression.responses import ResponseSampler
 from defense_cli.compression.settings import CompressSettings
 from defense_cli.compression.solvers import NL2A_SCHEDULE, l1_lrar, lambda_steps, nl2a
 from defense_cli.errors import ConfigError
+from defense_cli.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def decompose_model(model: nn.Module, images: torch.Tensor, settings: CompressSe
     approx = copy.deepcopy(model).eval()
     sampler = ResponseSampler(images, settings.samples, settings.batch_size, settings.seed)
     reports, specs = [], []
-    for layer in chosen:
+    for layer in progress(chosen, len(chosen), f"decompose {len(chosen)} conv layers ({settings.method})", "layer"):
         report, spec = _decompose_one(reference, approx, layer, sampler, settings)
         log.info("%s: rank %d, linear error %.4f, nonlinear error %.4f", layer.name, report.rank,
                  report.linear_error, report.nonlinear_error)

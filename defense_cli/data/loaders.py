@@ -33,13 +33,18 @@ class DatasetSplits:
     classes: tuple[str, ...]
 
 
+#: the norms a dataset gives an attack budget for
+NORMS = ("linf", "l2")
+
+
 class Dataset(ABC):
     """A dataset config's object: what models and cache keys read (classes, channels, image size,
-    normalisation) and `load`, which reads the images. A new dataset is one subclass + one YAML file
+    normalisation, the attack budgets `attack_eps` of its convention, per norm) and `load`, which
+    reads the images. A new dataset is one subclass + one YAML file
     whose `_target_` names it; its constructor checks its own parameters (ValueError naming them)."""
 
     def __init__(self, *, num_classes: int, channels: int, image_size: int, mean: list[float], std: list[float],
-                 limit: int | None) -> None:
+                 limit: int | None, attack_eps: dict[str, float]) -> None:
         self.num_classes = check_int("num_classes", num_classes, 2)
         self.channels = check_int("channels", channels, 1)
         self.image_size = check_int("image_size", image_size, 1)
@@ -47,6 +52,9 @@ class Dataset(ABC):
             raise ValueError(f"mean={mean} and std={std} must have one value per channel ({channels})")
         self.mean, self.std = list(mean), list(std)
         self.limit = check_optional_int("limit", limit, 1)
+        if set(attack_eps) != set(NORMS) or not all(isinstance(v, (int, float)) and v > 0 for v in attack_eps.values()):
+            raise ValueError(f"attack_eps={attack_eps} must give a number > 0 for each norm: {', '.join(NORMS)}")
+        self.attack_eps = dict(attack_eps)
 
     def load(self, cache_dir: Path | None = None) -> DatasetSplits:
         """Train and test sets; `limit` keeps the first N test images."""

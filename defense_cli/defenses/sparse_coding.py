@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from defense_cli.defenses.cpu_threads import map_in_cache_sized_chunks
+from defense_cli.progress import progress
 
 FFT_DIMS = (-2, -1)
 #: Images coded at a time on the CPU (their K maps stay in the cache; measured best of 1, 2, 4, 8).
@@ -194,7 +195,8 @@ def learn_dictionary(signals: torch.Tensor, initial: torch.Tensor, lmbda: float,
     """Convolutional dictionary learning (section 3.3) on padded signals (N, C, H, W); returns (K, C, S, S)."""
     size = tuple(signals.shape[-2:])
     filters = normalise_filters(initial)
-    for _ in range(outer_iterations):
+    for _ in progress(range(outer_iterations), outer_iterations, f"learn STL dictionary ({len(signals)} crops)",
+                      "iteration"):
         dictionary = spectral_dictionary(filters, size, rho)
         gram = cross = 0
         for start in range(0, len(signals), batch_size):

@@ -58,9 +58,10 @@ def compress(cfg: DictConfig) -> dict[str, float]:
     print_table(layer_table(reports))
     context = {"data": f"{cfg.dataset.name} ({len(p.splits.test)} test images)", "model": cfg.model.name,
                "method": f"{settings.method}, rank {settings.rank}, {settings.procedure}",
-               "compressed entry": str(path), "use it": f"defense-cli run model=compressed model.entry={path}",
                "mlflow run": run.run_id}
     print_table(results_table("defense-cli compress", metrics, context))
+    print(f"compressed model (whole path, to copy):\n{path}\nuse it: defense-cli run model=compressed "
+          f"model.entry={path}")
     return metrics
 
 

@@ -8,6 +8,8 @@ run FAILED.
 
 from __future__ import annotations
 
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +45,37 @@ def cache_dir(cfg: DictConfig) -> Path:
 
 
 def run_name(cfg: DictConfig) -> str:
-    return cfg.mlflow.run_name or "-".join(
+    """`mlflow.run_name`, or dataset-model-defense-attack-threat model; a sweep's job adds the
+    values that differ between its jobs (`... attack.eps=0.05`)."""
+    base = cfg.mlflow.run_name or "-".join(
         str(x) for x in (cfg.dataset.name, cfg.model.name, cfg.defense.name, cfg.attack.name, cfg.threat_model.name))
+    return " ".join([base, *swept_values()])
+
+
+#: an override value that a sweep expands: a,b or range(...), choice(...), glob(...), interval(...)
+SWEEP_VALUE = re.compile(r",|^(range|choice|glob|interval)\(")
+
+
+def swept_values() -> list[str]:
+    """`key=value` of this sweep job for each key the sweep varies (values as written: 0.15, not
+    0.15000000000000002); empty outside a sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return []
+    swept = {arg.split("=", 1)[0] for arg in sys.argv[1:] if "=" in arg and SWEEP_VALUE.search(arg.split("=", 1)[1])}
+    job = [o.split("=", 1) for o in HydraConfig.get().overrides.task if "=" in o]
+    return [f"{key}={_as_written(value)}" for key, value in job if not swept or key in swept]
+
+
+def _as_written(value: str) -> str:
+    """A float as its shortest 15-digit form when that is shorter (range()'s 0.15000000000000002)."""
+    try:
+        short = f"{float(value):.15g}"
+    except ValueError:
+        return value
+    return short if len(short) < len(value) else value
 
 
 def setting_key(cfg: DictConfig) -> str:

@@ -10,6 +10,7 @@ from defense_cli.results_table import print_table, results_table
 from defense_cli.tasks.prepare import classifier, prepare, run_tags
 from defense_cli.tracking import current_parent_run, flatten
 from defense_cli.training.classifiers import test_accuracy
+from defense_cli.validity import classifier_at_chance
 
 
 def train_only(cfg: DictConfig) -> dict[str, float]:
@@ -29,5 +30,6 @@ def train_only(cfg: DictConfig) -> dict[str, float]:
                   "classifier_path": str(trained.path)})
     context = {"data": cfg.dataset.name, "model": cfg.model.name, "cache": str(trained.path),
                "reused from cache": str(trained.cache_hit)}
-    print_table(results_table("defense-cli train", metrics, context))
+    chance = classifier_at_chance(metrics["test_accuracy"], cfg.dataset.num_classes, cfg.checks.chance_margin, cfg.train)
+    print_table(results_table("defense-cli train", metrics, context, {"classifier_at_chance": chance} if chance else {}))
     return metrics

@@ -4,6 +4,7 @@ and cached; later runs load it (`torch.load(weights_only=True)`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from defense_cli.models import Classifier, build_classifier
 from defense_cli.training.adversarial import adversarial_batches
 from defense_cli.training.defended_data import defended_training_set
 from defense_cli.training.monitor import EpochMonitor
-from defense_cli.training.trainer import TrainingLog, predict, train_classifier
+from defense_cli.training.trainer import predict, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,13 @@ def obtain_classifier(
 ) -> TrainedClassifier:
     """Load the cached classifier for this config, or train and cache it (on images defended by
     `train_cfg.preprocess` when set)."""
+    start = time.perf_counter()
+    model = build_classifier(model_cfg, dataset_cfg)
+    if getattr(model.backbone, "pretrained", False):
+        return _given_classifier(model, model_cfg, device, start)
     key = classifier_key(dataset_cfg, model_cfg, train_cfg)
     preprocess_cfg = train_cfg.preprocess
     path = cache_dir / "models" / f"{model_cfg.name}-{dataset_cfg.name}-{key}.pt"
-    model = build_classifier(model_cfg, dataset_cfg)
-    start = time.perf_counter()
 
     def build() -> dict:
         torch.manual_seed(train_cfg.seed)
@@ -77,16 +80,13 @@ def obtain_classifier(
             source = _defense_classifier(preprocess_cfg, dataset_cfg, model_cfg, train_cfg, splits, cache_dir, device)
             data = defended_training_set(splits.train, preprocess_cfg, dataset_cfg, cache_dir, device,
                                          train_cfg.seed, source)
-        if getattr(fresh.backbone, "pretrained", False):  # e.g. model=compressed: weights come with it
-            history = TrainingLog([], [])
-        else:
-            context = DefenseContext(classifier=fresh.to(device), train_set=splits.train, cache_dir=cache_dir,
-                                     device=device, seed=train_cfg.seed)
-            transform = adversarial_batches(train_cfg, context)
-            monitor = EpochMonitor(lambda m: test_accuracy(m, splits.test, device))
-            log.info("training %s on %s for cache entry %s", model_cfg.name, dataset_cfg.name, path.name)
-            history = train_classifier(fresh, data, train_cfg, device, desc=f"train {model_cfg.name}",
-                                       batch_transform=transform, hooks=[monitor])
+        context = DefenseContext(classifier=fresh.to(device), train_set=splits.train, cache_dir=cache_dir,
+                                 device=device, seed=train_cfg.seed)
+        transform = adversarial_batches(train_cfg, context)
+        monitor = EpochMonitor(lambda m: test_accuracy(m, splits.test, device))
+        log.info("training %s on %s for cache entry %s", model_cfg.name, dataset_cfg.name, path.name)
+        history = train_classifier(fresh, data, train_cfg, device, desc=f"train {model_cfg.name}",
+                                   batch_transform=transform, hooks=[monitor])
         return {"state_dict": {k: v.cpu() for k, v in fresh.state_dict().items()},
                 "train_accuracy": history.accuracies[-1] if history.accuracies else float("nan"),
                 "losses": history.losses, "history": history.per_epoch()}
@@ -96,6 +96,22 @@ def obtain_classifier(
     model.to(device).eval()
     return TrainedClassifier(model, key, path, hit, time.perf_counter() - start,
                              float(payload["train_accuracy"]), payload.get("history", {}))
+
+
+#: the model config key that names the file a pretrained model's weights come from
+WEIGHTS_FILE_KEYS = ("checkpoint", "path", "entry")
+
+
+def _given_classifier(model: Classifier, model_cfg: DictConfig, device: torch.device,
+                      start: float) -> TrainedClassifier:
+    """A model that came with its weights (a checkpoint, a saved model, a compressed entry): used
+    as it is, never trained nor cached; its key is a hash of the weights themselves."""
+    weights = {name: hashlib.sha256(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy()).hexdigest()
+               for name, t in model.state_dict().items()}
+    file = next(str(model_cfg[k]) for k in WEIGHTS_FILE_KEYS if model_cfg.get(k) is not None)
+    model.to(device).eval()
+    return TrainedClassifier(model, cache_key({"weights": weights}), Path(file).expanduser(), False,
+                             time.perf_counter() - start, float("nan"))
 
 
 def _defense_classifier(preprocess_cfg: DictConfig, dataset_cfg: DictConfig, model_cfg: DictConfig,

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from defense_cli.data import ImageSet
 from defense_cli.defenses import DefenseContext, build_defense
 from defense_cli.models import Classifier
+from defense_cli.progress import progress
 from defense_cli.artifact_cache import DATASET_KEYS_NOT_IN_KEY, cache_key, cached, config_without
 
 BATCH = 256
@@ -43,8 +43,8 @@ def defended_training_set(train: ImageSet, defense_cfg: DictConfig, dataset_cfg:
         generator = torch.Generator(device=device).manual_seed(seed)
         views = getattr(defense, "training_views", None)
         images, labels = [], []
-        for batch, batch_labels in tqdm(train.batches(BATCH, device=device), total=-(-len(train) // BATCH),
-                                        desc=f"defend training set ({defense_cfg.name})", leave=False, disable=None):
+        for batch, batch_labels in progress(train.batches(BATCH, device=device), -(-len(train) // BATCH),
+                                            f"defend training set ({defense_cfg.name}, {len(train)} images)"):
             outputs = views(batch, generator) if views is not None else [defense(batch, generator)]
             for out in outputs:
                 images.append(out.mul(255).round().to(torch.uint8).cpu())

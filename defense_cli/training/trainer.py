@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
-from tqdm.auto import tqdm
 
 from defense_cli.data import ImageSet
+from defense_cli.errors import TrainingDiverged
+from defense_cli.progress import progress
 from defense_cli.training.augment import random_crop_flip
 from defense_cli.training.averaging import WeightAverage
 from defense_cli.training.hooks import TrainingHooks
@@ -93,9 +94,9 @@ def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: 
         model.train()
         for hook in hooks:
             hook.start_epoch(epoch, model, optimizer)
-        loss_sum, correct = 0.0, 0
-        bar = tqdm(data.batches(cfg.batch_size, shuffle=True, generator=generator, device=device),
-                   total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = progress(data.batches(cfg.batch_size, shuffle=True, generator=generator, device=device),
+                       steps_per_epoch, f"{desc} epoch {epoch + 1}/{cfg.epochs}")
         for images, labels in bar:
             if cfg.augment:
                 images = random_crop_flip(images, generator, padding=cfg.get("translate", 4))
@@ -113,8 +114,12 @@ def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: 
                 hook.after_step(model, optimizer)
             schedule.step()
             loss_sum += loss.item() * len(labels)
+            seen += len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", accuracy=f"{correct / max(1, seen):.1%}")
+        if not math.isfinite(loss_sum):
+            raise TrainingDiverged(f"training diverged: the loss is {loss_sum / len(data)} in epoch {epoch + 1} of "
+                                   f"{cfg.epochs} (train.lr={cfg.lr}, train.optimizer={cfg.optimizer}); lower train.lr")
         log.losses.append(loss_sum / len(data))
         log.accuracies.append(correct / len(data))
         for hook in hooks:
