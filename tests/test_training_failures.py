@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from defense_cli.attacks.foolbox_attacks import PGD
+from defense_cli.attacks import build_suite
 from defense_cli.config import compose
 from defense_cli.data.image_set import ImageSet
 from defense_cli.defenses.jpeg import JPEG
 from defense_cli.errors import TrainingDiverged
 from defense_cli.models import build_classifier
 from defense_cli.training.trainer import train_classifier
-from defense_cli.validity import classifier_at_chance, defended_clean_drop, run_checks
+from defense_cli.validity import Probe, RunEvidence, classifier_at_chance, defended_clean_drop, run_checks
 
 
 def test_defended_clean_drop_points_to_training_on_defended_images():
@@ -32,9 +32,18 @@ def test_classifier_at_chance_names_the_learning_rate():
     assert classifier_at_chance(0.16, 10, 0.05, train) is None
 
 
+#: the indicators of attack failure, off: these tests look only at the clean-accuracy checks
+INDICATORS_OFF = [f"checks.indicators.{name}=false" for name in (
+    "unavailable_gradients", "unstable_predictions", "silent_success", "incomplete_optimisation",
+    "transfer_failure", "randomness_detected")]
+
+
 def _report(*overrides, clean):
-    cfg = compose(["attack=pgd", "defense=jpeg", *overrides])
-    return run_checks(cfg, JPEG(75), PGD(), 0.1, lambda n: 0.1, None, 784, lambda: {}, clean)
+    cfg = compose(["attack=pgd", "defense=jpeg", *INDICATORS_OFF, *overrides])
+    metrics = {"robust_accuracy": 0.1, "clean_accuracy": clean[0], "defended_clean_accuracy": clean[1]}
+    probe = Probe(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long), None, torch.nn.Identity())
+    evidence = RunEvidence(metrics, lambda n: 0.1, None, lambda: {}, probe, 784)
+    return run_checks(cfg, JPEG(75), build_suite(cfg.attack), evidence)
 
 
 def test_run_checks_flag_both_and_log_them_as_tags():
