@@ -5,8 +5,11 @@ SIGINT (Ctrl-C) would otherwise end the process without unwinding the stack, or 
 bare `KeyboardInterrupt` that names no signal. While `signals_raise()` is active, each of them
 raises `TerminatedBySignal` in the main thread instead: `finally` blocks and `except BaseException`
 handlers run (an MLflow run is marked KILLED, a half-written cache file is deleted) and the process
-can exit with the shell's code for a signal death, 128 + the signal number. A second signal during
-that clean-up ends the process at once with the same code. A signal the parent process set to
+can exit with the shell's code for a signal death, 128 + the signal number. Inside
+`signals_deferred()` (a write to the tracking store) the exception waits until the block ends, so
+no store transaction is cut in half and left holding its lock. A second signal during the clean-up
+ends the process at once with the same code, and so does a clean-up that takes longer than
+`CLEAN_UP_SECONDS` (a tracking server that no longer answers must not keep a stopped job alive). A signal the parent process set to
 ignored (`nohup` ignores SIGHUP) stays ignored.
 """
 
@@ -40,10 +43,22 @@ class TerminatedBySignal(KeyboardInterrupt):
         return 128 + self.signum
 
 
+#: the clean-up after a signal may take this long before the process exits anyway
+CLEAN_UP_SECONDS = 30.0
+#: main-thread depth of `signals_deferred` blocks, and the signal that arrived inside one
+_deferral = {"depth": 0, "pending": None}
+
+
 def _raise_on_signal(signum: int, frame: object) -> None:
+    if _deferral["depth"]:
+        _deferral["pending"] = signum
+        return
     for number in TERMINATION_SIGNALS:
         if signal.getsignal(number) is _raise_on_signal:
             signal.signal(number, _exit_at_once)
+    watchdog = threading.Timer(CLEAN_UP_SECONDS, os._exit, args=(128 + signum,))
+    watchdog.daemon = True
+    watchdog.start()
     raise TerminatedBySignal(signum)
 
 
@@ -69,3 +84,20 @@ def signals_raise() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """A termination signal that arrives in the block is raised when the block ends (main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _deferral["depth"] += 1
+    try:
+        yield
+    finally:
+        _deferral["depth"] -= 1
+        pending = _deferral["pending"]
+        if not _deferral["depth"] and pending is not None:
+            _deferral["pending"] = None
+            _raise_on_signal(pending, None)

@@ -24,6 +24,7 @@ a minute instead of retrying for many.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from defense_cli.environment import git_commit, process_alive
 from defense_cli.errors import TrackingUnavailable
-from defense_cli.termination import TerminatedBySignal
+from defense_cli.termination import TerminatedBySignal, signals_deferred
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,28 @@ def flatten(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, 
     return flat
 
 
+class StoreWritesFinish:
+    """An MlflowClient whose calls finish before a termination signal is raised in the main thread.
+
+    A signal raised in the middle of a SQLite write would leave its transaction open and its lock
+    held, and the clean-up that marks the run KILLED would then wait on that lock.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with signals_deferred():
+                return attribute(*args, **kwargs)
+        return call
+
+
 class Tracker:
     """Writes runs of one experiment to one tracking store."""
 
@@ -121,7 +144,7 @@ class Tracker:
             for name, value in HTTP_SETTINGS.items():
                 os.environ.setdefault(name, value)
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = StoreWritesFinish(MlflowClient(tracking_uri=uri))
         self.experiment_id = self._experiment_id(experiment_name)
         self.heartbeat_seconds = heartbeat_seconds
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import invoke_cli, runs_in
-from defense_cli.termination import TerminatedBySignal, signals_raise
+from defense_cli.termination import TerminatedBySignal, signals_deferred, signals_raise
 from defense_cli.tracking import Tracker
 
 #: a training long enough (about a minute) to be interrupted while it works
@@ -31,7 +31,10 @@ def _start_cli(home: Path, *args: str) -> subprocess.Popen:
 
 
 def _wait_for_running_child(home: Path, process: subprocess.Popen, timeout: float = 120.0):
-    """The first RUNNING run that is not a sweep parent, once it has been running for a second."""
+    """The first RUNNING run that is not a sweep parent, once its classifier training has started."""
+    for line in process.stderr:  # the progress records: the job is working, not starting up
+        if "[progress] train" in line:
+            break
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
@@ -140,11 +143,23 @@ def test_signals_raise_turns_sigterm_into_an_exception_with_the_exit_code():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_a_signal_inside_a_store_write_is_raised_when_the_write_ends():
+    finished = []
+    with pytest.raises(TerminatedBySignal) as stopped:
+        with signals_raise():
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)
+                finished.append(True)
+            finished.append("after")  # never reached: the signal is raised as the write ends
+    assert finished == [True] and stopped.value.signal_name == "SIGTERM"
+
+
 SAVE_LOOP = """
 import sys, torch
 from pathlib import Path
 from defense_cli.artifact_cache import save_atomic
-from defense_cli.termination import TerminatedBySignal, signals_raise
+from defense_cli.termination import TerminatedBySignal, signals_deferred, signals_raise
 path = Path(sys.argv[1])
 try:
     with signals_raise():
