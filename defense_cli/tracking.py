@@ -121,6 +121,8 @@ class StoreWritesFinish:
         self._client = client
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_client":  # not set yet (copy, unpickling): no recursion through __getattr__
+            raise AttributeError(name)
         attribute = getattr(self._client, name)
         if not callable(attribute):
             return attribute
