@@ -33,10 +33,11 @@ def launch(task: Callable[[DictConfig], object], args: list[str], program: str =
     sys.argv = [program, *args]
     try:
         with signals_raise(), _without_job_error_line():
-            main()
-    except TerminatedBySignal as stopped:
-        close_open_runs(stopped)
-        raise
+            try:
+                main()
+            except TerminatedBySignal as stopped:  # inside the block: the clean-up deadline still holds
+                close_open_runs(stopped)
+                raise
     finally:
         sys.argv = saved
 

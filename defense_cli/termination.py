@@ -45,6 +45,8 @@ class TerminatedBySignal(KeyboardInterrupt):
 
 #: the clean-up after a signal may take this long before the process exits anyway
 CLEAN_UP_SECONDS = 30.0
+#: clean-up deadlines started by a signal; `signals_raise` cancels them when its block is left
+_watchdogs: list[threading.Timer] = []
 #: main-thread depth of `signals_deferred` blocks, and the signal that arrived inside one
 _deferral = {"depth": 0, "pending": None}
 
@@ -59,6 +61,7 @@ def _raise_on_signal(signum: int, frame: object) -> None:
     watchdog = threading.Timer(CLEAN_UP_SECONDS, os._exit, args=(128 + signum,))
     watchdog.daemon = True
     watchdog.start()
+    _watchdogs.append(watchdog)
     raise TerminatedBySignal(signum)
 
 
@@ -84,6 +87,8 @@ def signals_raise() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        while _watchdogs:
+            _watchdogs.pop().cancel()
 
 
 @contextmanager

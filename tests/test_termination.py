@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -141,6 +142,8 @@ def test_signals_raise_turns_sigterm_into_an_exception_with_the_exit_code():
             time.sleep(5)
     assert stopped.value.signal_name == "SIGTERM" and stopped.value.exit_code == 143
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer) and not t.finished.is_set()], \
+        "the clean-up deadline must be cancelled once the block is left"
 
 
 def test_a_signal_inside_a_store_write_is_raised_when_the_write_ends():
