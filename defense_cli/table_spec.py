@@ -83,17 +83,36 @@ class TableSpec:
     def reduced(self) -> dict[str, Any] | None:
         return self.data.get("reduced")
 
-    def common_overrides(self, reduced: bool, limit: int | None) -> list[str]:
-        """The spec's overrides, with the reduced setup's keys replacing its own, then `--limit`."""
+    def common_overrides(self, reduced: bool, limit: int | None, user: list[str] = ()) -> list[str]:
+        """The spec's overrides, with the reduced setup's keys replacing its own, then the user's
+        (a key the user sets replaces the spec's; `experiment=NAME` replaces the spec's choice of
+        every group that preset chooses, e.g. `experiment=cifar10_cpu` its dataset and model),
+        then `--limit`."""
         if reduced and not self.reduced:
             raise ConfigError(f"table spec {self.path.name} names no reduced setup; run it without --reduced.")
         merged = {_key(o): o for o in self.data["overrides"]}
         merged.update({_key(o): o for o in (self.reduced["overrides"] if reduced else [])})
+        for override in user:
+            if _key(override).lstrip("+") == "experiment":
+                for group in preset_groups(override.split("=", 1)[1]):
+                    merged.pop(group, None)
+            merged[_key(override)] = override
         return [*merged.values(), *([f"dataset.limit={limit}"] if limit else [])]
 
 
 def _key(override: str) -> str:
     return override.split("=", 1)[0]
+
+
+def preset_groups(name: str) -> set[str]:
+    """The config groups the experiment preset `name` chooses (its `override /GROUP: OPTION`
+    defaults); empty for an unknown name, which composing the config then reports."""
+    path = conf_dir() / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        return set()
+    defaults = yaml.safe_load(path.read_text()).get("defaults") or []
+    return {key.removeprefix("override /") for entry in defaults if isinstance(entry, dict)
+            for key in entry if key.startswith("override /")}
 
 
 def cell_config(overrides: tuple[str, ...]) -> str:

@@ -49,6 +49,17 @@ def test_reduced_setup_and_limit_replace_the_spec_keys(tmp_path):
         TableSpec.load(SPEC).common_overrides(True, None)
 
 
+def test_an_experiment_preset_replaces_the_spec_dataset_and_model_and_the_user_keys_win():
+    spec = TableSpec.load(Path(__file__).resolve().parents[1] / "experiments" / "000_table4_2_white_box_cifar10.yaml")
+    common = spec.common_overrides(False, 200, ["experiment=cifar10_cpu", "threat_model.n_draws=3"])
+    assert "dataset=cifar10" not in common and "model=resnet18" not in common and common[-1] == "dataset.limit=200"
+    cfg = compose(common)
+    assert (cfg.dataset.name, cfg.model.name, cfg.dataset.limit) == ("cifar10_jpeg", "fast_cifar", 200)
+    assert cfg.threat_model.name == "white_box" and cfg.threat_model.n_draws == 3
+    assert "model=small_cnn" in spec.common_overrides(False, None, ["model=small_cnn"])
+    assert "model=resnet18" not in spec.common_overrides(False, None, ["model=small_cnn"])
+
+
 def frame(rows: list[tuple[str, str, float, float, str]]) -> pd.DataFrame:
     return pd.DataFrame([{"attack": a, "defense": d, "measured": m, "published": p, "flags": f}
                          for a, d, m, p, f in rows])

@@ -48,7 +48,7 @@ class TableResult:
 def run_table(path: Path, options: TableOptions, run_cells: Callable[[list[str]], None]) -> TableResult:
     """Run (or reuse) every cell of the spec at `path`; `run_cells(args)` runs a Hydra multirun."""
     spec = TableSpec.load(path)
-    common = [*spec.common_overrides(options.reduced, options.limit), *options.overrides]
+    common = spec.common_overrides(options.reduced, options.limit, options.overrides)
     first = compose(common)
     work = home_dir(first) / "outputs" / "tables" / spec.name / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     write_cell_group(spec.cells, work)
