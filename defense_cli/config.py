@@ -86,8 +86,9 @@ def compose_group_option(group: str, option: str) -> DictConfig:
     return OmegaConf.create(OmegaConf.to_container(root[group], resolve=True))
 
 
-#: Root keys that say where a run is stored, not what it computes; `config_hash` leaves them out.
-VOLATILE_KEYS = ("paths", "mlflow", "hydra")
+#: Root keys that say where a run is stored (or whether a stored one is reused), not what it
+#: computes; `config_hash` leaves them out.
+VOLATILE_KEYS = ("paths", "mlflow", "hydra", "resume")
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -6,7 +6,9 @@ with HYDRA_FULL_ERROR=1, so the CLI can turn config mistakes into exit code 2.
 
 While the task runs, SIGINT, SIGTERM and SIGHUP raise `TerminatedBySignal`: the open MLflow run
 closes KILLED on its way out, and what is still open after that (a sweep's parent run, whose jobs
-Hydra's launcher stops running) is marked KILLED here before the exception reaches the CLI.
+Hydra's launcher stops running) is marked KILLED here before the exception reaches the CLI. A
+sweep that ends with an error instead (a failed job, a launcher that gave up on a killed worker)
+marks its parent run FAILED.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ def launch(task: Callable[[DictConfig], object], args: list[str], program: str =
             try:
                 main()
             except TerminatedBySignal as stopped:  # inside the block: the clean-up deadline still holds
-                close_open_runs(stopped)
+                close_open_runs("KILLED", stopped.signal_name)
+                raise
+            except BaseException:  # a job failed (basic launcher) or a launcher gave up (Ray, submitit)
+                close_open_runs("FAILED")
                 raise
     finally:
         sys.argv = saved

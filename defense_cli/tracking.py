@@ -315,15 +315,18 @@ class LiveRun:
         self.stop()
 
 
-def close_open_runs(stopped: TerminatedBySignal) -> None:
-    """Mark every run this process still has open (a sweep's parent) KILLED with the signal's name."""
+def close_open_runs(status: str, signal_name: str | None = None) -> None:
+    """Mark every run this process still has open (a sweep's parent) `status` (KILLED, FAILED),
+    with a `signal` tag when a signal stopped it."""
     for run_id, client in list(_OPEN_RUNS.items()):
         try:
             if client.get_run(run_id).info.status == "RUNNING":
-                client.set_tag(run_id, "signal", stopped.signal_name)
-                client.set_terminated(run_id, status="KILLED")
+                if signal_name:
+                    client.set_tag(run_id, "signal", signal_name)
+                client.set_terminated(run_id, status=status)
         except Exception as err:
-            log.warning("run %s could not be marked KILLED: %s", run_id, err)
+            log.warning("run %s could not be marked %s: %s", run_id, status, err)
+        _OPEN_RUNS.pop(run_id, None)
 
 
 class RunLog:

@@ -95,24 +95,39 @@ def test_an_optuna_search_over_splic_logs_its_trials_as_children(home, shared_ca
 
 
 @pytest.mark.slow
-def test_a_ray_job_stopped_by_sigterm_ends_its_run_killed(home, shared_cache):
+def test_a_ray_job_stopped_by_sigterm_ends_killed_and_the_resumed_sweep_runs_only_it(home, shared_cache):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "defense_cli.cli", "run", "-m", "attack.eps=0.02", "attack.steps=400",
-         "dataset.limit=200", "train.epochs=1", "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=1",
-         "+hydra.launcher.ray.remote.max_retries=0", f"paths.home={home}", f"paths.cache_dir={shared_cache}",
-         f"hydra.sweep.dir={home / 'sweep'}"], cwd=home, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    deadline, job = time.monotonic() + 300, None
-    while job is None and time.monotonic() < deadline and sweep.poll() is None:
-        time.sleep(2)
-        running = [r for r in runs_in(home) if r.info.status == "RUNNING" and r.data.tags.get("sweep") != "parent"]
-        job = running[0] if running else None
-    assert job is not None, "the job's run did not start"
-    os.kill(int(job.data.tags["pid"]), signal.SIGTERM)           # the Ray worker running the job
-    sweep.wait(timeout=300)
-    assert sweep.returncode != 0
-    (stopped,) = [r for r in runs_in(home) if r.info.run_id == job.info.run_id]
-    assert stopped.info.status == "KILLED" and stopped.data.tags["signal"] == "SIGTERM"
+    sweep = ["run", "-m", "attack.eps=0.02", "attack.steps=1,150", "dataset.limit=200", "train.epochs=1",
+             "num_samples_grid=0", "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
+             "+hydra.launcher.ray.remote.num_cpus=1", "+hydra.launcher.ray.remote.max_retries=0",
+             f"paths.home={home}", f"paths.cache_dir={shared_cache}"]
+    process = subprocess.Popen([sys.executable, "-m", "defense_cli.cli", *sweep, f"hydra.sweep.dir={home / 'first'}"],
+                               cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    slow = _the_slow_job_once_the_other_finished(home, process)
+    os.kill(int(slow.data.tags["pid"]), signal.SIGTERM)          # the Ray worker running the job
+    process.wait(timeout=300)
+    assert process.returncode != 0
+    runs = {r.info.run_id: r for r in runs_in(home)}
+    assert runs[slow.info.run_id].info.status == "KILLED" and runs[slow.info.run_id].data.tags["signal"] == "SIGTERM"
+    parent, _ = sweep_runs(runs.values(), home / "first")
+    assert parent.info.status == "FAILED"                        # not left RUNNING
+
+    resumed = run_cli(*sweep, "resume=true", f"hydra.sweep.dir={home / 'second'}", cwd=home)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    new = [r for r in runs_in(home) if r.info.run_id not in runs and r.data.tags.get("stage") == "run"]
+    assert [(r.data.params["attack.steps"], r.info.status) for r in new] == [("150", "FINISHED")]
+
+
+def _the_slow_job_once_the_other_finished(home, process: subprocess.Popen):
+    """The RUNNING run of the 150-step job, polled until the 1-step job's run is FINISHED."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(1)
+        jobs = [r for r in runs_in(home) if r.data.tags.get("stage") == "run"]
+        done = [r for r in jobs if r.data.params.get("attack.steps") == "1" and r.info.status == "FINISHED"]
+        slow = [r for r in jobs if r.data.params.get("attack.steps") == "150" and r.info.status == "RUNNING"]
+        if done and slow:
+            return slow[0]
+    raise AssertionError("the 1-step job did not finish while the 150-step job ran")

@@ -5,16 +5,19 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from defense_cli.attacks import ThreatModel, build_suite, build_threat_model
 from defense_cli.attacks.bpda import DefendedClassifier
 from defense_cli.attacks.suite import AttackSuite
+from defense_cli.config import config_hash
 from defense_cli.defenses import Defense, DefenseContext, build_defense
 from defense_cli.evaluation import Evaluation, evaluate
 from defense_cli.results_table import print_table, results_table
 from defense_cli.results import per_draw_accuracies, search_score, summarize
+from defense_cli.run_search import run_flags, runs_by_hash, runs_frame
 from defense_cli.tasks.prepare import (Prepared, classifier, prepare, run_name, run_tags, setting_key,
                                        source_classifier)
 from defense_cli.tracking import current_parent_run, flatten, keep_results
@@ -22,8 +25,11 @@ from defense_cli.validity import CheckReport, Probe, RunEvidence, run_checks
 
 
 def run_experiment(cfg: DictConfig) -> dict[str, float]:
-    """The `run` task. Returns the metrics it logged (with `search_score` among them)."""
+    """The `run` task. Returns the metrics it logged (with `search_score` among them); with
+    `resume=true`, those of the FINISHED run that already computed this config, if there is one."""
     p = prepare(cfg)
+    if cfg.resume and (stored := _reuse_finished_run(cfg, p)) is not None:
+        return stored
     suite = build_suite(cfg.attack)
     defense = build_defense(cfg.defense)
     threat_model = build_threat_model(cfg.threat_model)
@@ -56,6 +62,28 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
                "model": cfg.model.name, "defense": repr(defense), "attack": strength,
                "threat model": cfg.threat_model.name, "device": str(p.device), "mlflow run": run.run_id}
     print_table(results_table("defense-cli run", ordered_metrics(metrics, ev), context, checks.flags))
+    return metrics
+
+
+def _reuse_finished_run(cfg: DictConfig, p: Prepared) -> dict[str, float] | None:
+    """The metrics of the newest FINISHED `run` run with this config hash (None if there is none),
+    printed as its results table; a sweep's parent run links it with the tag `reused.<run id>`."""
+    found = runs_by_hash(p.tracker.uri, cfg.mlflow.experiment_name, [config_hash(cfg)])
+    if not found:
+        return None
+    (run_id,) = found.values()
+    run = runs_frame(p.tracker.uri, [cfg.mlflow.experiment_name], run_ids=[run_id]).iloc[0]
+    metrics = {key.removeprefix("metrics."): float(value) for key, value in run.items()
+               if key.startswith("metrics.") and not pd.isna(value)}
+    parent = current_parent_run()
+    if parent:
+        p.tracker.client.set_tag(parent, f"reused.{run_id}", str(run.get("tags.mlflow.runName", "")))
+    keep_results({"metrics": metrics, "run_id": run_id, "reused": True,
+                  "config": OmegaConf.to_container(cfg, resolve=True)})
+    flags = dict(flag.split(": ", 1) for flag in run_flags(run))
+    context = {"reused run": run_id, "finished": str(run["end_time"]), "config hash": config_hash(cfg),
+               "attack": str(run.get("tags.attack_strength", ""))}
+    print_table(results_table("defense-cli run (resume=true: reused, not run again)", metrics, context, flags))
     return metrics
 
 
