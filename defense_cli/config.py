@@ -139,6 +139,7 @@ _RULES: dict[str, tuple[Rule, str]] = {
     "seed": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     "eval_batch_size": (_positive_int, "an integer >= 1"),
     "num_samples_grid": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "resume": (lambda v: isinstance(v, bool), "true or false"),
     "train.epochs": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     "train.batch_size": (_positive_int, "an integer >= 1"),
     "train.lr": (lambda v: _number(v) and v > 0, "a number > 0"),

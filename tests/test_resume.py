@@ -19,6 +19,14 @@ def test_resume_does_not_change_the_config_hash():
     assert config_hash(compose(["attack.eps=0.2"])) != config_hash(compose([]))
 
 
+def test_resume_must_be_a_boolean():
+    from defense_cli.config import validate
+    from defense_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="resume='maybe' is not allowed: resume must be true or false"):
+        validate(compose(["resume=maybe"]))
+
+
 def _evaluation_runs(home):
     return [r for r in runs_in(home) if r.data.tags.get("stage") == "run"]
 
