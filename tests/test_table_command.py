@@ -1,6 +1,7 @@
 """`defense-cli table` on a small real spec (mnist5k, 2 attacks x 2 defenses, --limit 64): one
 parent, one child per cell, the written table holds the stored metrics, a second call runs
-nothing, and a cell deleted from the store is run again. Bad specs are refused before any write."""
+nothing, a cell deleted from the store is run again, and --rerun runs every cell again. Bad specs
+are refused before any write."""
 
 from __future__ import annotations
 
@@ -64,6 +65,14 @@ def test_table_runs_each_cell_once_and_reuses_finished_cells(home, shared_cache)
     assert "cells run: 1, reused: 3" in third.stdout
     (new,) = set(evaluation_runs(home)) - set(children)
     assert evaluation_runs(home)[new].data.tags["config_hash"] == children[deleted].data.tags["config_hash"]
+
+    before_rerun = set(evaluation_runs(home))
+    forced = run_cli(*args, "--rerun", cwd=home)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert "cells run: 4, reused: 0" in forced.stdout
+    rerun = {run_id: run for run_id, run in evaluation_runs(home).items() if run_id not in before_rerun}
+    assert len(rerun) == 4 and all(run.info.status == "FINISHED" for run in rerun.values())
+    assert set(pd.read_csv(folder / "table.csv")["run_id"]) == set(rerun)   # the table shows the new runs
 
 
 def test_a_spec_that_miscounts_its_cells_is_refused_before_any_write(home, tmp_path):
