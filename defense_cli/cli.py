@@ -22,6 +22,8 @@ HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_op
 #: Hydra's own flags that `run`, `train` and `compress` pass through (the value of --cfg etc. follows)
 HYDRA_FLAGS = ("-m", "--multirun", "--cfg", "-c", "--resolve", "--package", "-p", "--info", "-i",
                "--config-name", "-cn", "--config-dir", "-cd", "--hydra-help", "--experimental-rerun")
+#: defense-cli's own flags of `run`: each stands for a root config override
+OWN_FLAGS = {"--quiet": "quiet=true", "-q": "quiet=true"}
 EXIT_BAD_INPUT = 2
 EXIT_TRACKING_UNAVAILABLE = 3
 
@@ -37,7 +39,7 @@ def _dispatch(task: Callable[[DictConfig], object], args: list[str]) -> None:
     if unknown:
         _fail(f"unknown option {unknown[0]!r}. Arguments are Hydra overrides (GROUP=OPTION, KEY=VALUE, "
               f"+KEY=VALUE) and these options: {', '.join(HYDRA_FLAGS[:6])}, --info, --config-name, "
-              "--config-dir; see --help.")
+              "--config-dir (run: --quiet); see --help.")
     try:
         launch(task, args)
     except ConfigError as err:
@@ -126,7 +128,7 @@ def run(ctx: typer.Context) -> None:
 
     Arguments are Hydra overrides: GROUP=OPTION picks a config file (`defense-cli list GROUP` shows the options), KEY=VALUE sets a value (attack.eps=0.05), +KEY=VALUE adds a new key.
 
-    -m / --multirun sweeps every combination of comma-separated values (a,b) or range(start,stop,step), one MLflow child run per job. --cfg job prints the composed config and stops (--cfg hydra, --cfg all; --resolve resolves interpolations).
+    -m / --multirun sweeps every combination of comma-separated values (a,b) or range(start,stop,step), one MLflow child run per job, and prints one table of the jobs at the end. --quiet (-q) prints one line per job instead of its results table. resume=true reuses the FINISHED run of a job's config instead of running it again. --cfg job prints the composed config and stops (--cfg hydra, --cfg all; --resolve resolves interpolations).
 
     Examples:
 
@@ -138,7 +140,7 @@ def run(ctx: typer.Context) -> None:
 
       defense-cli run --cfg job defense=menet
     """
-    _dispatch(_run_task, list(ctx.args))
+    _dispatch(_run_task, [OWN_FLAGS.get(arg, arg) for arg in ctx.args])
 
 
 @app.command(context_settings=HYDRA_ARGS)

@@ -86,9 +86,9 @@ def compose_group_option(group: str, option: str) -> DictConfig:
     return OmegaConf.create(OmegaConf.to_container(root[group], resolve=True))
 
 
-#: Root keys that say where a run is stored (or whether a stored one is reused), not what it
-#: computes; `config_hash` leaves them out.
-VOLATILE_KEYS = ("paths", "mlflow", "hydra", "resume")
+#: Root keys that say where a run is stored, whether a stored one is reused and how much is
+#: printed, not what it computes; `config_hash` leaves them out.
+VOLATILE_KEYS = ("paths", "mlflow", "hydra", "resume", "quiet")
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -140,6 +140,7 @@ _RULES: dict[str, tuple[Rule, str]] = {
     "eval_batch_size": (_positive_int, "an integer >= 1"),
     "num_samples_grid": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     "resume": (lambda v: isinstance(v, bool), "true or false"),
+    "quiet": (lambda v: isinstance(v, bool), "true or false"),
     "train.epochs": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     "train.batch_size": (_positive_int, "an integer >= 1"),
     "train.lr": (lambda v: _number(v) and v > 0, "a number > 0"),

@@ -81,11 +81,24 @@ def experiment_names(uri: str) -> list[str]:
 
 
 def linked_runs(uri: str, parent_run_id: str) -> list[str]:
-    """Runs a table's parent links as its cells (tags `cell.<cell>`), reused ones included."""
+    """Runs a parent links without being their parent: a table's cells (tags `cell.<cell>`, reused
+    ones included) and the runs a resumed sweep reused (tags `reused.<run id>`)."""
     from mlflow.tracking import MlflowClient
 
     tags = MlflowClient(tracking_uri=uri).get_run(parent_run_id).data.tags
-    return [run_id for key, run_id in tags.items() if key.startswith("cell.")]
+    return ([run_id for key, run_id in tags.items() if key.startswith("cell.")]
+            + [key.removeprefix("reused.") for key in tags if key.startswith("reused.")])
+
+
+def sweep_jobs(uri: str, experiment_name: str, parent_run_id: str) -> pd.DataFrame:
+    """Every evaluation run of a sweep, whatever its status: the parent's children, then the runs it
+    reused (column `reused` True), oldest first."""
+    children = search_frame(uri, [experiment_name],
+                            f"tags.stage = 'run' and tags.mlflow.parentRunId = '{parent_run_id}'")
+    reused_ids = linked_runs(uri, parent_run_id)
+    reused = runs_frame(uri, [experiment_name], run_ids=reused_ids) if reused_ids else children.iloc[0:0]
+    frame = pd.concat([children.assign(reused=False), reused.assign(reused=True)], ignore_index=True)
+    return frame.sort_values("start_time", kind="stable", ignore_index=True)
 
 
 def run_flags(run: pd.Series) -> list[str]:

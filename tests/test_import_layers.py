@@ -21,7 +21,7 @@ LAYERS = [
     {"defenses"},
     {"attacks"},
     {"training", "compression", "evaluation", "validity"},
-    {"results", "paper_table", "run_report", "report_plots"},
+    {"results", "paper_table", "run_report", "report_plots", "sweep_summary"},
     {"tasks", "bench"},
     {"hydra_app"},
     {"cli"},

@@ -43,6 +43,7 @@ def test_a_resumed_sweep_runs_only_the_jobs_without_a_finished_run(home, shared_
                      f"hydra.sweep.dir={home / 'second'}", cwd=home)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("reused, not run again") == 2
+    assert "3 jobs (1 finished, 2 reused)" in second.stdout          # the sweep's summary table
     new = [r for r in _evaluation_runs(home) if r.info.run_id not in before]
     assert [(r.data.params["attack.eps"], r.info.status) for r in new] == [("0.08", "FINISHED")]
     parent, children = sweep_runs(runs_in(home), home / "second")

@@ -61,7 +61,10 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
     context = {"data": f"{cfg.dataset.name} ({int(metrics['n_images'])} test images)",
                "model": cfg.model.name, "defense": repr(defense), "attack": strength,
                "threat model": cfg.threat_model.name, "device": str(p.device), "mlflow run": run.run_id}
-    print_table(results_table("defense-cli run", ordered_metrics(metrics, ev), context, checks.flags))
+    if cfg.quiet:
+        print(one_line(run.run_id, metrics, len(checks.flags)))
+    else:
+        print_table(results_table("defense-cli run", ordered_metrics(metrics, ev), context, checks.flags))
     return metrics
 
 
@@ -83,8 +86,19 @@ def _reuse_finished_run(cfg: DictConfig, p: Prepared) -> dict[str, float] | None
     flags = dict(flag.split(": ", 1) for flag in run_flags(run))
     context = {"reused run": run_id, "finished": str(run["end_time"]), "config hash": config_hash(cfg),
                "attack": str(run.get("tags.attack_strength", ""))}
-    print_table(results_table("defense-cli run (resume=true: reused, not run again)", metrics, context, flags))
+    if cfg.quiet:
+        print(one_line(run_id, metrics, len(flags), "reused, not run again"))
+    else:
+        print_table(results_table("defense-cli run (resume=true: reused, not run again)", metrics, context, flags))
     return metrics
+
+
+def one_line(run_id: str, metrics: dict[str, float], n_flags: int, note: str = "") -> str:
+    """What `quiet=true` prints of a run: its id and headline accuracies (%), flags, images."""
+    shown = " ".join(f"{name}={100 * metrics[name]:.2f}%" for name in
+                     ("clean_accuracy", "defended_clean_accuracy", "robust_accuracy") if name in metrics)
+    return (f"mlflow run {run_id}{f' ({note})' if note else ''}: {shown} flags={n_flags} "
+            f"n_images={int(metrics.get('n_images', 0))}")
 
 
 def ordered_metrics(metrics: dict[str, float], ev: Evaluation) -> dict[str, float]:
