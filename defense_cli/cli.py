@@ -264,7 +264,7 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
     """
     import signal
 
-    from defense_cli.tracking import Tracker, is_server, tracking_uri
+    from defense_cli.tracking import Tracker, is_server, runs_table_url, tracking_uri
 
     cfg = compose(overrides or [])
     uri = tracking_uri(cfg)
@@ -272,8 +272,8 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
         typer.echo(f"The tracking server serves its own UI: open {uri} in a browser.")
         return
     experiment = Tracker.from_config(cfg).open_on_runs()
-    typer.echo(f"MLflow UI for {uri}: the runs of experiment {cfg.mlflow.experiment_name!r} are at\n"
-               f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs")
+    typer.echo(f"MLflow UI for {uri}: the runs of experiment {cfg.mlflow.experiment_name!r}, with the key "
+               f"columns, are at\n{runs_table_url(f'http://127.0.0.1:{port}', experiment)}")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(port)]
     server = subprocess.Popen(command, start_new_session=True)  # its own group: the server's workers stop with it

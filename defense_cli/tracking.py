@@ -134,6 +134,20 @@ class StoreWritesFinish:
         return call
 
 
+#: The columns `defense-cli ui` shows in the runs table: what tells runs apart, then the headline metrics
+RUNS_TABLE_COLUMNS = (("params", "dataset.name"), ("params", "model.name"), ("params", "defense.name"),
+                      ("params", "attack.name"), ("params", "attack.eps"), ("params", "threat_model.name"),
+                      ("metrics", "clean_accuracy"), ("metrics", "defended_clean_accuracy"),
+                      ("metrics", "robust_accuracy"), ("metrics", "n_images"))
+#: the share key of that view (`mlflow.sharedViewState.<key>`)
+RUNS_VIEW_KEY = "defense-cli-key-columns"
+
+
+def runs_table_url(server: str, experiment_id: str) -> str:
+    """The address of the experiment's runs table with the key columns (`Tracker.open_on_runs`)."""
+    return f"{server}/#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW_KEY}"
+
+
 class Tracker:
     """Writes runs of one experiment to one tracking store."""
 
@@ -165,8 +179,14 @@ class Tracker:
 
     def open_on_runs(self) -> str:
         """Tag the experiment as model development, so that the MLflow 3 UI opens on its runs
-        table (not the GenAI traces page); returns the experiment id."""
+        table (not the GenAI traces page), and store a shared view of that table with the key
+        columns (RUNS_TABLE_COLUMNS); returns the experiment id. The view is MLflow's own "share"
+        mechanism: an experiment tag `mlflow.sharedViewState.<key>` holding the view as JSON,
+        opened by the URL parameter `viewStateShareKey=<key>` (see `runs_table_url`)."""
         self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
+        view = {"selectedColumns": [f"{kind}.`{name}`" for kind, name in RUNS_TABLE_COLUMNS],
+                "orderByKey": "attributes.start_time", "orderByAsc": False}
+        self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{RUNS_VIEW_KEY}", json.dumps(view))
         return self.experiment_id
 
     @classmethod

@@ -69,3 +69,18 @@ def test_every_run_records_its_environment(home):
     path = tracker.client.download_artifacts(run.run_id, "environment.txt", str(home))
     text = open(path).read()
     assert "\ntorch==" in text and "\nmlflow==" in text
+
+
+def test_the_ui_view_shows_columns_that_runs_have(home):
+    import json
+
+    from defense_cli.tracking import RUNS_TABLE_COLUMNS, RUNS_VIEW_KEY, runs_table_url
+
+    tracker = _tracker(home)
+    experiment = tracker.open_on_runs()
+    tags = tracker.client.get_experiment(experiment).tags
+    view = json.loads(tags[f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"])
+    assert "metrics.`robust_accuracy`" in view["selectedColumns"]
+    params = {name for kind, name in RUNS_TABLE_COLUMNS if kind == "params"}
+    assert params <= set(flatten(compose([])))               # every param column is a logged param
+    assert runs_table_url("http://h:1", experiment).endswith(f"/runs?viewStateShareKey={RUNS_VIEW_KEY}")
