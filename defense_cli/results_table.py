@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 PERCENT = ("accuracy", "rate")
+#: the accuracies a one-line result and a sweep's summary show; robust_accuracy is the worst case
+HEADLINE_METRICS = ("clean_accuracy", "defended_clean_accuracy", "robust_accuracy")
 
 
 def _format(name: str, value: float) -> str:
@@ -35,6 +37,14 @@ def results_table(title: str, metrics: Mapping[str, float], context: Mapping[str
     for key, value in (flags or {}).items():
         table.add_row(f"[bold red]FLAG {key}[/]", value)
     return table
+
+
+def results_line(run_id: str, metrics: Mapping[str, float], n_flags: int, note: str = "") -> str:
+    """A run's result on one line (what `quiet=true` prints): its id, the headline accuracies in %,
+    the number of flags and of test images."""
+    shown = " ".join(f"{name}={100 * metrics[name]:.2f}%" for name in HEADLINE_METRICS if name in metrics)
+    return (f"mlflow run {run_id}{f' ({note})' if note else ''}: {shown} flags={n_flags} "
+            f"n_images={int(metrics.get('n_images', 0))}")
 
 
 #: columns of every table, on a terminal and in a pipe or file (long values wrap inside their cell)

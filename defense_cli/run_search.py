@@ -50,15 +50,21 @@ def _store(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
+def newest_finished_run(uri: str, experiment_name: str, config_hash: str) -> pd.Series | None:
+    """The newest FINISHED evaluation run with this config hash (one frame row), or None."""
+    frame = search_frame(uri, [experiment_name], f"{EVALUATION_RUNS} and tags.config_hash = '{config_hash}'")
+    return None if frame.empty else frame.iloc[0]
+
+
 def runs_by_hash(uri: str, experiment_name: str, hashes: Iterable[str]) -> dict[str, str]:
     """The newest FINISHED evaluation run of each config hash that has one: hash -> run id.
 
     One search per hash: MLflow's filter language has no IN for tags."""
     found = {}
     for value in sorted(set(hashes)):
-        frame = search_frame(uri, [experiment_name], f"{EVALUATION_RUNS} and tags.config_hash = '{value}'")
-        if not frame.empty:
-            found[value] = frame["run_id"].iloc[0]
+        run = newest_finished_run(uri, experiment_name, value)
+        if run is not None:
+            found[value] = run["run_id"]
     return found
 
 

@@ -15,13 +15,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.table import Table
 
-from defense_cli.results_table import print_table
+from defense_cli.results_table import HEADLINE_METRICS, print_table
 from defense_cli.run_search import run_flags, sweep_jobs
 from defense_cli.tracking import read_parent_run, tracking_uri
 
 #: (column title, metric) of the summary, in %: the headline is the worst case over the attacks
-SUMMARY_METRICS = (("clean", "clean_accuracy"), ("defended", "defended_clean_accuracy"),
-                   ("robust", "robust_accuracy"))
+SUMMARY_METRICS = tuple(zip(("clean", "defended", "robust"), HEADLINE_METRICS))
 #: the order of the job counts in the title
 STATUS_ORDER = ("finished", "reused", "failed", "killed", "running", "scheduled")
 

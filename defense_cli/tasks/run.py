@@ -15,9 +15,9 @@ from defense_cli.attacks.suite import AttackSuite
 from defense_cli.config import config_hash
 from defense_cli.defenses import Defense, DefenseContext, build_defense
 from defense_cli.evaluation import Evaluation, evaluate
-from defense_cli.results_table import print_table, results_table
+from defense_cli.results_table import print_table, results_line, results_table
 from defense_cli.results import per_draw_accuracies, search_score, summarize
-from defense_cli.run_search import run_flags, runs_by_hash, runs_frame
+from defense_cli.run_search import newest_finished_run, run_flags
 from defense_cli.tasks.prepare import (Prepared, classifier, prepare, run_name, run_tags, setting_key,
                                        source_classifier)
 from defense_cli.tracking import current_parent_run, flatten, keep_results
@@ -62,7 +62,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
                "model": cfg.model.name, "defense": repr(defense), "attack": strength,
                "threat model": cfg.threat_model.name, "device": str(p.device), "mlflow run": run.run_id}
     if cfg.quiet:
-        print(one_line(run.run_id, metrics, len(checks.flags)))
+        print(results_line(run.run_id, metrics, len(checks.flags)))
     else:
         print_table(results_table("defense-cli run", ordered_metrics(metrics, ev), context, checks.flags))
     return metrics
@@ -71,11 +71,11 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
 def _reuse_finished_run(cfg: DictConfig, p: Prepared) -> dict[str, float] | None:
     """The metrics of the newest FINISHED `run` run with this config hash (None if there is none),
     printed as its results table; a sweep's parent run links it with the tag `reused.<run id>`."""
-    found = runs_by_hash(p.tracker.uri, cfg.mlflow.experiment_name, [config_hash(cfg)])
-    if not found:
+    identity = config_hash(cfg)
+    run = newest_finished_run(p.tracker.uri, cfg.mlflow.experiment_name, identity)
+    if run is None:
         return None
-    (run_id,) = found.values()
-    run = runs_frame(p.tracker.uri, [cfg.mlflow.experiment_name], run_ids=[run_id]).iloc[0]
+    run_id = run["run_id"]
     metrics = {key.removeprefix("metrics."): float(value) for key, value in run.items()
                if key.startswith("metrics.") and not pd.isna(value)}
     parent = current_parent_run()
@@ -84,21 +84,13 @@ def _reuse_finished_run(cfg: DictConfig, p: Prepared) -> dict[str, float] | None
     keep_results({"metrics": metrics, "run_id": run_id, "reused": True,
                   "config": OmegaConf.to_container(cfg, resolve=True)})
     flags = dict(flag.split(": ", 1) for flag in run_flags(run))
-    context = {"reused run": run_id, "finished": str(run["end_time"]), "config hash": config_hash(cfg),
+    context = {"reused run": run_id, "finished": str(run["end_time"]), "config hash": identity,
                "attack": str(run.get("tags.attack_strength", ""))}
     if cfg.quiet:
-        print(one_line(run_id, metrics, len(flags), "reused, not run again"))
+        print(results_line(run_id, metrics, len(flags), "reused, not run again"))
     else:
         print_table(results_table("defense-cli run (resume=true: reused, not run again)", metrics, context, flags))
     return metrics
-
-
-def one_line(run_id: str, metrics: dict[str, float], n_flags: int, note: str = "") -> str:
-    """What `quiet=true` prints of a run: its id and headline accuracies (%), flags, images."""
-    shown = " ".join(f"{name}={100 * metrics[name]:.2f}%" for name in
-                     ("clean_accuracy", "defended_clean_accuracy", "robust_accuracy") if name in metrics)
-    return (f"mlflow run {run_id}{f' ({note})' if note else ''}: {shown} flags={n_flags} "
-            f"n_images={int(metrics.get('n_images', 0))}")
 
 
 def ordered_metrics(metrics: dict[str, float], ev: Evaluation) -> dict[str, float]:
