@@ -51,6 +51,22 @@ def test_a_2x2_sweep_under_the_launcher_nests_four_finished_children(launcher, t
         assert kept["metrics"]["robust_accuracy"] == pytest.approx(child.data.metrics["robust_accuracy"])
 
 
+@pytest.mark.slow
+def test_a_resumed_sweep_over_the_tracking_server_reuses_its_finished_jobs(tracking_server, tmp_path, shared_cache):
+    args = [*SWEEP[:2], "defense=none", *SWEEP[3:], f"mlflow.tracking_uri={tracking_server}",
+            f"paths.home={tmp_path}", f"paths.cache_dir={shared_cache}"]
+    first = run_cli(*args, f"hydra.sweep.dir={tmp_path / 'first'}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    _, done = sweep_runs(runs_at(tracking_server), tmp_path / "first")
+    resumed = run_cli(*args, "resume=true", f"hydra.sweep.dir={tmp_path / 'second'}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "2 jobs (2 reused)" in resumed.stdout
+    parent, children = sweep_runs(runs_at(tracking_server), tmp_path / "second")
+    assert children == [] and parent.info.status == "FINISHED"
+    assert {key.removeprefix("reused.") for key in parent.data.tags if key.startswith("reused.")} == {
+        run.info.run_id for run in done}
+
+
 def _kept_for(sweep_dir, run_id: str) -> dict:
     """The results.json of the job folder that logged MLflow run `run_id`."""
     (found,) = [data for path in sweep_dir.glob(f"*/{RESULTS_FILE}")
