@@ -184,11 +184,16 @@ def table_command(
     reduced: bool = typer.Option(False, help="the spec's reduced setup for a machine without a GPU"),
     rerun: bool = typer.Option(False, help="run every cell again, even those with a FINISHED run"),
     metric: str = typer.Option("robust_accuracy", help="the metric in the cells"),
+    defenses: Optional[str] = typer.Option(None, help="comma-separated defense labels: only these columns"),
+    adaptive: bool = typer.Option(False, help="the spec's defenses under the adaptive attack suite (white-box)"),
 ) -> None:
     """Run a paper-table spec as one Hydra multirun (one MLflow parent, one child per cell,
-    FINISHED cells reused) and write the table, measured (published), to experiments/results/.
+    FINISHED cells reused) and write the table, measured (published), to
+    experiments/results/<spec>/[<setup>/] (setup: the experiment preset, reduced, adaptive).
 
     Example: defense-cli table experiments/000_table4_2_white_box_cifar10.yaml --reduced --limit 200
+
+    Example: defense-cli table experiments/000_table4_3_gray_box_cifar10.yaml experiment=cifar10_cpu --adaptive
     """
     from pathlib import Path
 
@@ -197,7 +202,8 @@ def table_command(
 
     from defense_cli.tasks.table import TableOptions, run_table
 
-    options = TableOptions(limit, reduced, rerun, metric, list(overrides or []))
+    labels = [label.strip() for label in defenses.split(",")] if defenses else []
+    options = TableOptions(limit, reduced, rerun, metric, list(overrides or []), labels, adaptive)
     try:
         result = run_table(Path(spec), options, lambda args: _dispatch(_run_task, args))
     except ConfigError as err:

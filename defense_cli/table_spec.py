@@ -23,6 +23,8 @@ from defense_cli.config import conf_dir
 from defense_cli.errors import ConfigError
 
 CELL_GROUP = "table_cell"
+#: the row label of a spec's defenses under the adaptive suite (`defense-cli table --adaptive`)
+ADAPTIVE_ROW = "Adaptive (white-box)"
 REQUIRED_KEYS = ("caption", "threat_model", "overrides", "attacks", "defenses", "cells")
 
 
@@ -82,6 +84,28 @@ class TableSpec:
     @property
     def reduced(self) -> dict[str, Any] | None:
         return self.data.get("reduced")
+
+    def with_defenses(self, labels: list[str]) -> TableSpec:
+        """The spec restricted to the defense columns `labels` (in the spec's order)."""
+        known = self.data["defenses"]
+        unknown = [label for label in labels if label not in known]
+        if unknown:
+            raise ConfigError(f"table spec {self.path.name} has no defense {unknown[0]!r}; its defenses are "
+                              f"{', '.join(map(repr, known))}.")
+        defenses = {label: overrides for label, overrides in known.items() if label in labels}
+        return TableSpec(self.path, {**self.data, "defenses": defenses,
+                                     "cells": len(self.data["attacks"]) * len(defenses)})
+
+    def under_adaptive_suite(self) -> TableSpec:
+        """The spec's defenses, one row: the `adaptive` attack suite, white-box (BPDA, EOT for random
+        defenses, APGD-CE through the defense's surrogate where it has one, the indicators of attack
+        failure). The published numbers are not beside it: no paper ran this attack."""
+        overrides = [o for o in self.data["overrides"] if _key(o).split(".")[0] != "threat_model"]
+        return TableSpec(self.path, {**self.data, "threat_model": "white_box", "paper_results": {},
+                                     "caption": f"{self.data['caption']}, under the adaptive attack suite",
+                                     "overrides": [*overrides, "threat_model=white_box"],
+                                     "attacks": {ADAPTIVE_ROW: ["attack=adaptive"]},
+                                     "cells": len(self.data["defenses"])})
 
     def common_overrides(self, reduced: bool, limit: int | None, user: list[str] = ()) -> list[str]:
         """The spec's overrides, with the reduced setup's keys replacing its own, then the user's

@@ -63,10 +63,10 @@ class PrintEpoch(TrainingHooks):
         return {}
 
 
-def epoch_cost(name: str, overrides: list[str], images: int, epochs: int, monitor: int, cache_dir: Path,
+def epoch_cost(name: str, overrides: list[str], images: int, epochs: int | None, monitor: int, cache_dir: Path,
                data_cache: Path) -> dict:
-    cfg = compose(["experiment=cifar10_cpu", f"dataset.train_limit={images}", f"train.epochs={epochs}",
-                   "dataset.limit=null", *overrides])
+    cfg = compose(["experiment=cifar10_cpu", f"dataset.train_limit={images}", "dataset.limit=null",
+                   *([f"train.epochs={epochs}"] if epochs else []), *overrides])
     device = torch.device("cpu")
     splits = load_dataset(cfg.dataset, data_cache)
     train_set, row = splits.train, {"setting": name, "train_images": images}
@@ -81,7 +81,7 @@ def epoch_cost(name: str, overrides: list[str], images: int, epochs: int, monito
     hook = PrintEpoch(name, splits.test.head(monitor), device)
     _, wall, cpu, load = measured(lambda: train_classifier(model, train_set, cfg.train, device,
                                                            batch_transform=transform, hooks=[hook]))
-    row.update(epochs=epochs, train_wall_s=wall, train_cpu_s=cpu, train_load=load,
+    row.update(epochs=cfg.train.epochs, overrides=overrides, train_wall_s=wall, train_cpu_s=cpu, train_load=load,
                test_accuracy=test_accuracy(model, splits.test, device), test_images=len(splits.test))
     return row
 
@@ -89,17 +89,18 @@ def epoch_cost(name: str, overrides: list[str], images: int, epochs: int, monito
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the preset's train.epochs")
     parser.add_argument("--monitor", type=int, default=1000, help="test images evaluated after each epoch")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
+    parser.add_argument("--override", nargs="*", default=[], help="more config overrides, e.g. model.widths=[48,96,192]")
     parser.add_argument("--data-cache", type=Path, default=Path(".defense_cli_cache"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(describe_machine(torch.device("cpu")), f"| load average at start {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.settings:
-            print(json.dumps(epoch_cost(name, SETTINGS[name], args.images, args.epochs, args.monitor,
+            print(json.dumps(epoch_cost(name, [*SETTINGS[name], *args.override], args.images, args.epochs, args.monitor,
                                                Path(scratch), args.data_cache)), flush=True)
 
 

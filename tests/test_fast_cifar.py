@@ -38,8 +38,9 @@ def test_features_head_shapes_and_logits_are_pooled_features():
     model = classifier(test_time_flip=False).eval()
     x = torch.rand(3, 3, 32, 32)
     features = model.features(x)
-    assert model.supports_cam and features.shape == (3, 128, 3, 3)
-    assert model.head.in_features == 128 and model.head.out_features == 10
+    width = compose(["experiment=cifar10_cpu"]).model.widths[-1]
+    assert model.supports_cam and features.shape == (3, width, 3, 3)
+    assert model.head.in_features == width and model.head.out_features == 10
     assert torch.allclose(model(x), model.head(features.mean(dim=(2, 3))), atol=1e-5)
 
 

@@ -87,3 +87,26 @@ def test_a_spec_that_miscounts_its_cells_is_refused_before_any_write(home, tmp_p
 def test_a_missing_spec_names_the_path(home):
     result = invoke_cli("table", str(home / "nope.yaml"), f"paths.home={home}")
     assert result.exit_code == 2 and "nope.yaml" in result.output and "does not exist" in result.output
+
+
+def test_an_unknown_defense_label_is_refused_before_any_write(home):
+    result = invoke_cli("table", str(SPEC), "--defenses", "JPEG,Nope", f"paths.home={home}")
+    assert result.exit_code == 2
+    assert "no defense 'Nope'" in result.output and "'Vanilla', 'JPEG'" in result.output
+    assert runs_in(home) == []
+
+
+@pytest.mark.slow
+def test_a_defense_under_the_adaptive_suite_gets_its_own_folder_and_one_suite_cell(home, shared_cache):
+    spec = home / SPEC.name
+    shutil.copy(SPEC, spec)
+    result = run_cli("table", str(spec), "--limit", "16", "--adaptive", "--defenses", "JPEG", f"paths.home={home}",
+                     f"paths.cache_dir={shared_cache}", cwd=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (child,) = evaluation_runs(home).values()
+    assert child.data.params["attack.name"] == "adaptive" and child.data.params["defense.name"] == "jpeg"
+    assert child.data.params["threat_model.name"] == "white_box"
+    markdown = (home / "results" / spec.stem / "adaptive" / "table.md").read_text()
+    assert "under the adaptive attack suite" in markdown and "Adaptive (white-box)" in markdown
+    assert f"{100 * child.data.metrics['robust_accuracy']:.1f}" in markdown and "defenses JPEG only" in markdown
+    assert not (home / "results" / spec.stem / "table.md").exists()

@@ -13,7 +13,8 @@ import pytest
 from defense_cli.config import compose, config_hash
 from defense_cli.errors import ConfigError
 from defense_cli.paper_table import WORST_CASE, layout, markdown
-from defense_cli.table_spec import Cell, TableSpec, cell_overrides, write_cell_group
+from defense_cli.table_spec import ADAPTIVE_ROW, Cell, TableSpec, cell_overrides, write_cell_group
+from defense_cli.tasks.table import TableOptions
 
 SPEC = Path(__file__).resolve().parent / "specs" / "mnist5k_two_by_two.yaml"
 MIXED = ("defense=splic", "defense@train.preprocess=splic", "attack=pgd", "attack.eps=${div:8,255}",
@@ -80,3 +81,33 @@ def test_layout_prints_measured_published_flags_and_the_worst_real_attack():
 def test_one_attack_gets_no_worst_case_row():
     table = layout(frame([("BPDA", "A", 1.0, 2.0, ""), ("BPDA", "B", 3.0, math.nan, "")]), clean_attacks=set())
     assert WORST_CASE not in table.index
+
+
+def test_a_defense_subset_keeps_the_spec_order_and_an_unknown_label_names_the_known_ones():
+    spec = TableSpec.load(SPEC)
+    subset = spec.with_defenses(["JPEG"])
+    assert [(c.attack, c.defense) for c in subset.cells] == [("FGSM", "JPEG"), ("PGD", "JPEG")]
+    assert subset.cells[0].published == 40.0
+    with pytest.raises(ConfigError, match=r"no defense 'SPLIC'; its defenses are 'Vanilla', 'JPEG'"):
+        spec.with_defenses(["JPEG", "SPLIC"])
+
+
+def test_under_the_adaptive_suite_each_defense_is_one_white_box_cell_of_the_suite(tmp_path):
+    black_box = TableSpec.load(Path(__file__).resolve().parents[1] / "experiments" / "000_table4_1_black_box_cifar10.yaml")
+    adaptive = black_box.under_adaptive_suite()
+    assert [c.defense for c in adaptive.cells] == list(black_box.data["defenses"])
+    assert {c.attack for c in adaptive.cells} == {ADAPTIVE_ROW} and all(c.published is None for c in adaptive.cells)
+    common = adaptive.common_overrides(False, 8, ["experiment=cifar10_cpu"])
+    assert not [o for o in common if o.startswith("threat_model.source")]   # the black-box keys are dropped
+    write_cell_group(adaptive.cells, tmp_path)
+    splic_net = next(c for c in adaptive.cells if c.defense == "SPLIC-Net")
+    cfg = compose([*common, *cell_overrides(tmp_path, [splic_net.choice])])
+    assert cfg.threat_model.name == "white_box" and cfg.attack.name == "adaptive"
+    assert cfg.defense.name == "splic" and cfg.train.preprocess.name == "splic" and cfg.dataset.limit == 8
+
+
+def test_each_setup_writes_its_own_results_folder():
+    assert TableOptions().setup_name() == ""
+    assert TableOptions(reduced=True).setup_name() == "reduced"
+    assert TableOptions(overrides=["experiment=cifar10_cpu", "hydra/launcher=joblib"],
+                        adaptive=True).setup_name() == "cifar10_cpu-adaptive"

@@ -158,6 +158,69 @@ def test_a_signal_inside_a_store_write_is_raised_when_the_write_ends():
     assert finished == [True] and stopped.value.signal_name == "SIGTERM"
 
 
+STUCK_IN_C = """
+import ctypes
+from defense_cli import termination
+termination.CLEAN_UP_SECONDS = 1.0
+with termination.signals_raise():
+    print("ready", flush=True)
+    # one C call that releases the GIL and retries its wait on EINTR (glibc system() -> waitpid), as
+    # a kernel or a store call would: Python's signal handler cannot run until it returns
+    ctypes.CDLL(None).system(b"sleep 25")
+"""
+
+HUNG_CLEAN_UP = """
+import os, signal, time
+from defense_cli import termination
+termination.CLEAN_UP_SECONDS = 1.0
+with termination.signals_raise():  # the launcher's block
+    try:
+        with termination.signals_raise():  # the job's block, nested
+            print("ready", flush=True)
+            time.sleep(60)
+    except termination.TerminatedBySignal:
+        time.sleep(60)  # a clean-up that never ends (a tracking server that stopped answering)
+"""
+
+
+def _exit_after_signal(script: str, signum: int = signal.SIGTERM) -> tuple[int, float]:
+    """(exit code, seconds from the signal to the exit) of `script` signalled once it prints "ready"."""
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    sent = time.monotonic()
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=20)
+    finally:
+        process.kill()
+    return process.returncode, time.monotonic() - sent
+
+
+def test_the_clean_up_deadline_holds_while_the_main_thread_is_stuck_in_c_code():
+    code, seconds = _exit_after_signal(STUCK_IN_C)
+    assert code == 128 + signal.SIGTERM and seconds < 10
+
+
+def test_a_nested_block_leaves_the_deadline_to_the_outer_clean_up():
+    code, seconds = _exit_after_signal(HUNG_CLEAN_UP, signal.SIGHUP)
+    assert code == 128 + signal.SIGHUP and seconds < 10
+
+
+def test_a_second_signal_ends_a_hung_clean_up_at_once():
+    process = subprocess.Popen([sys.executable, "-c", HUNG_CLEAN_UP.replace("1.0", "600.0")], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "ready"
+    process.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert process.poll() is None, "the first signal starts the clean-up, it does not end the process"
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=10)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGINT
+
+
 SAVE_LOOP = """
 import sys, torch
 from pathlib import Path

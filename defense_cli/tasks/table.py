@@ -5,7 +5,8 @@ Every cell is composed and checked first (a bad spec writes nothing). A cell who
 unless `rerun`: its run is reused and linked from the parent (tag `cell.<cell>`). The remaining
 cells run as `+table_cell=<cell>,...` with `mlflow.parent_run_id` set, so every Hydra launcher
 runs them and each becomes a child of the table's parent. The filled table (Markdown, CSV, heat
-map) is written to `experiments/results/<spec name>/` beside the spec and logged on the parent.
+map) is written to `experiments/results/<spec name>/[<setup>/]` beside the spec (the setup: the
+experiment preset, `reduced`, `adaptive`) and logged on the parent.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ class TableOptions:
     rerun: bool = False
     metric: str = "robust_accuracy"
     overrides: list[str] = field(default_factory=list)   # e.g. hydra/launcher=joblib, paths.home=...
+    defenses: list[str] = field(default_factory=list)    # defense columns to run (empty: all)
+    adaptive: bool = False                                # the defenses under the adaptive suite instead
+
+    def setup_name(self) -> str:
+        """The folder under `experiments/results/<spec>/` for this setup ('' for the spec as written):
+        the experiment preset, then `reduced`, then `adaptive`, joined by '-'."""
+        presets = [o.split("=", 1)[1] for o in self.overrides if o.split("=", 1)[0].lstrip("+") == "experiment"]
+        return "-".join([*presets, *(["reduced"] if self.reduced else []), *(["adaptive"] if self.adaptive else [])])
 
 
 @dataclass
@@ -48,6 +57,10 @@ class TableResult:
 def run_table(path: Path, options: TableOptions, run_cells: Callable[[list[str]], None]) -> TableResult:
     """Run (or reuse) every cell of the spec at `path`; `run_cells(args)` runs a Hydra multirun."""
     spec = TableSpec.load(path)
+    if options.defenses:
+        spec = spec.with_defenses(options.defenses)
+    if options.adaptive:
+        spec = spec.under_adaptive_suite()
     common = spec.common_overrides(options.reduced, options.limit, options.overrides)
     first = compose(common)
     work = home_dir(first) / "outputs" / "tables" / spec.name / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
@@ -83,7 +96,7 @@ def _finish(spec: TableSpec, options: TableOptions, hashes: dict, uri: str, expe
     runs = runs_frame(uri, [experiment], run_ids=[run_id for _, run_id in cells]).set_index("run_id")
     frame = cell_frame(cells, runs, options.metric)
     text = markdown(layout(frame, spec.clean_attacks), caption(spec, options, frame, runs), frame)
-    folder = spec.path.parent / "results" / spec.name
+    folder = spec.path.parent / "results" / spec.name / options.setup_name()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "table.md").write_text(text)
     frame.to_csv(folder / "table.csv", index=False)
@@ -106,6 +119,8 @@ def caption(spec: TableSpec, options: TableOptions, frame: pd.DataFrame, runs: p
                           for attack, group in frame.groupby("attack", sort=False))
     scaling = [f"--limit {options.limit}"] if options.limit else []
     scaling += [o for o in options.overrides if re.split(r"[./=]", o)[0] not in VOLATILE_KEYS]
+    if options.defenses:
+        scaling.append(f"defenses {', '.join(options.defenses)} only")
     if options.reduced:
         scaling.append(f"reduced setup ({' '.join(spec.reduced['overrides'])}): {spec.reduced['note']}")
     source = f"{d['paper'][:3]} Table {d['table']}, " if "paper" in d else ""

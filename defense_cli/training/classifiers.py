@@ -25,7 +25,7 @@ from defense_cli.training.trainer import predict, train_classifier
 log = logging.getLogger(__name__)
 
 #: train keys that do not change the trained model
-TRAIN_KEYS_NOT_IN_KEY = ("num_workers", "device")
+TRAIN_KEYS_NOT_IN_KEY = ("num_workers", "device", "monitor_images")
 
 
 @dataclass
@@ -83,7 +83,8 @@ def obtain_classifier(
         context = DefenseContext(classifier=fresh.to(device), train_set=splits.train, cache_dir=cache_dir,
                                  device=device, seed=train_cfg.seed)
         transform = adversarial_batches(train_cfg, context)
-        monitor = EpochMonitor(lambda m: test_accuracy(m, splits.test, device))
+        watched = splits.test.head(train_cfg.get("monitor_images"))
+        monitor = EpochMonitor(lambda m: test_accuracy(m, watched, device))
         log.info("training %s on %s for cache entry %s", model_cfg.name, dataset_cfg.name, path.name)
         history = train_classifier(fresh, data, train_cfg, device, desc=f"train {model_cfg.name}",
                                    batch_transform=transform, hooks=[monitor])
