@@ -204,8 +204,13 @@ def table_command(
 
     labels = [label.strip() for label in defenses.split(",")] if defenses else []
     options = TableOptions(limit, reduced, rerun, metric, list(overrides or []), labels, adaptive)
-    try:
-        result = run_table(Path(spec), options, lambda args: _dispatch(_run_task, args))
+    from defense_cli.hydra_app import launch
+
+    try:  # launch, not _dispatch: a signal must reach the table's parent run as TerminatedBySignal
+        result = run_table(Path(spec), options, lambda args: launch(_run_task, args))
+    except TerminatedBySignal as stopped:
+        typer.echo(f"stopped by {stopped.signal_name}; the open MLflow runs are marked KILLED", err=True)
+        raise typer.Exit(stopped.exit_code)
     except ConfigError as err:
         _fail(str(err))
     except (HydraException, OmegaConfBaseException) as err:

@@ -84,6 +84,20 @@ def test_a_sweep_stopped_by_sigterm_marks_child_and_parent_killed(home):
 
 
 @pytest.mark.slow
+def test_a_table_stopped_by_sigterm_marks_its_cell_and_its_parent_killed(home):
+    spec = home / "spec.yaml"
+    spec.write_text((Path(__file__).resolve().parent / "specs" / "mnist5k_two_by_two.yaml").read_text())
+    process = _start_cli(home, "table", str(spec), *LONG_TRAINING, f"paths.cache_dir={home / 'cache'}")
+    _wait_for_running_child(home, process)
+    code, stderr = _stop(process, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, stderr
+    (parent,) = [r for r in runs_in(home) if r.data.tags.get("table") == spec.stem]
+    (cell,) = [r for r in runs_in(home) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "KILLED" and parent.data.tags["signal"] == "SIGTERM"
+    assert cell.info.status == "KILLED" and cell.data.tags["signal"] == "SIGTERM"
+
+
+@pytest.mark.slow
 def test_a_sigkilled_run_is_found_and_closed_by_runs_stale(home):
     process = _start_cli(home, "run", *LONG_TRAINING, f"paths.cache_dir={home / 'cache'}")
     run = _wait_for_running_child(home, process)
