@@ -186,6 +186,8 @@ with termination.signals_raise():
 HUNG_CLEAN_UP = """
 import os, signal, time
 from defense_cli import termination
+for number in (signal.SIGINT, signal.SIGHUP):  # a test runner under nohup or in the background ignores them
+    signal.signal(number, signal.SIG_DFL)
 termination.CLEAN_UP_SECONDS = 1.0
 with termination.signals_raise():  # the launcher's block
     try:
