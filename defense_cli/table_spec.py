@@ -100,7 +100,7 @@ class TableSpec:
         """The spec's defenses, one row: the `adaptive` attack suite, white-box (BPDA, EOT for random
         defenses, APGD-CE through the defense's surrogate where it has one, the indicators of attack
         failure). The published numbers are not beside it: no paper ran this attack."""
-        overrides = [o for o in self.data["overrides"] if _key(o).split(".")[0] != "threat_model"]
+        overrides = [o for o in self.data["overrides"] if _key(o).split("@")[-1].split(".")[0] != "threat_model"]
         return TableSpec(self.path, {**self.data, "threat_model": "white_box", "paper_results": {},
                                      "caption": f"{self.data['caption']}, under the adaptive attack suite",
                                      "overrides": [*overrides, "threat_model=white_box"],
@@ -110,16 +110,16 @@ class TableSpec:
     def common_overrides(self, reduced: bool, limit: int | None, user: list[str] = ()) -> list[str]:
         """The spec's overrides, with the reduced setup's keys replacing its own, then the user's
         (a key the user sets replaces the spec's; `experiment=NAME` replaces the spec's choice of
-        every group that preset chooses, e.g. `experiment=cifar10_cpu` its dataset and model),
-        then `--limit`."""
+        every group that preset chooses, e.g. `experiment=cifar10_cpu` its dataset and model, and
+        gives the preset's option to every other place the spec chooses that group, e.g. a black-box
+        source model `model@threat_model.source.model`), then `--limit`."""
         if reduced and not self.reduced:
             raise ConfigError(f"table spec {self.path.name} names no reduced setup; run it without --reduced.")
         merged = {_key(o): o for o in self.data["overrides"]}
         merged.update({_key(o): o for o in (self.reduced["overrides"] if reduced else [])})
         for override in user:
             if _key(override).lstrip("+") == "experiment":
-                for group in preset_groups(override.split("=", 1)[1]):
-                    merged.pop(group, None)
+                merged = _under_preset(merged, preset_choices(override.split("=", 1)[1]))
             merged[_key(override)] = override
         return [*merged.values(), *([f"dataset.limit={limit}"] if limit else [])]
 
@@ -128,15 +128,29 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0]
 
 
-def preset_groups(name: str) -> set[str]:
-    """The config groups the experiment preset `name` chooses (its `override /GROUP: OPTION`
-    defaults); empty for an unknown name, which composing the config then reports."""
+def _under_preset(overrides: dict[str, str], choices: dict[str, str]) -> dict[str, str]:
+    """`overrides` (by key) less the choices of the groups in `choices` (the preset's defaults make
+    them), with `GROUP@PACKAGE` choices of those groups set to the preset's option."""
+    kept = {}
+    for key, override in overrides.items():
+        group, at, _ = key.partition("@")
+        if group not in choices:
+            kept[key] = override
+        elif at:
+            kept[key] = f"{key}={choices[group]}"
+    return kept
+
+
+def preset_choices(name: str) -> dict[str, str]:
+    """The option the experiment preset `name` chooses for each config group (its
+    `override /GROUP: OPTION` defaults); empty for an unknown name, which composing the config then
+    reports."""
     path = conf_dir() / "experiment" / f"{name}.yaml"
     if not path.is_file():
-        return set()
+        return {}
     defaults = yaml.safe_load(path.read_text()).get("defaults") or []
-    return {key.removeprefix("override /") for entry in defaults if isinstance(entry, dict)
-            for key in entry if key.startswith("override /")}
+    return {key.removeprefix("override /"): option for entry in defaults if isinstance(entry, dict)
+            for key, option in entry.items() if key.startswith("override /")}
 
 
 def cell_config(overrides: tuple[str, ...]) -> str:

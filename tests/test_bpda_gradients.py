@@ -80,6 +80,28 @@ def test_identity_gradient_is_the_model_gradient_at_the_defended_input():
     assert not torch.allclose(got, input_gradient(model, x, WEIGHTS))  # not the gradient at x
 
 
+class BatchSizes(nn.Module):
+    """`model`, recording the batch size of every call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.sizes = model, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        return self.model(x)
+
+
+def test_an_eot_gradient_is_the_mean_of_the_per_draw_gradients_and_the_classifier_sees_one_draw_at_a_time():
+    model, x, draws = BatchSizes(tiny_model()), images(n=5), 4
+    got = input_gradient(DefendedClassifier(model, AddNoise(), torch.Generator().manual_seed(3), eot_samples=draws),
+                         x, WEIGHTS)
+    defended = AddNoise()(x.repeat(draws, 1, 1, 1), torch.Generator().manual_seed(3)).view(draws, *x.shape)
+    expected = sum(input_gradient(model.model, d, WEIGHTS) for d in defended) / draws   # identity BPDA per draw
+    torch.testing.assert_close(got, expected)
+    assert model.sizes and set(model.sizes) == {len(x)}        # forward and checkpoint recompute: B images
+
+
 def test_surrogate_gradient_differentiates_the_surrogate():
     model, x, defense = tiny_model(), images(), Square(with_surrogate=True)
     got = input_gradient(DefendedClassifier(model, defense, bpda_mode="surrogate"), x, WEIGHTS)

@@ -61,6 +61,17 @@ def test_an_experiment_preset_replaces_the_spec_dataset_and_model_and_the_user_k
     assert "model=resnet18" not in spec.common_overrides(False, None, ["model=small_cnn"])
 
 
+def test_an_experiment_preset_gives_its_model_to_a_black_box_source_model_too():
+    spec = TableSpec.load(Path(__file__).resolve().parents[1] / "experiments" / "000_table3_2_black_box_cifar10.yaml")
+    cfg = compose(spec.common_overrides(False, None, ["experiment=cifar10_cpu"]))
+    assert (cfg.model.name, cfg.threat_model.source.model.name) == ("fast_cifar", "fast_cifar")
+    assert cfg.threat_model.source.model._target_ == cfg.model._target_
+    as_written = compose(spec.common_overrides(False, None))
+    assert (as_written.model.name, as_written.threat_model.source.model.name) == ("vgg16_bn", "resnet18")
+    mine = spec.common_overrides(False, None, ["experiment=cifar10_cpu", "model@threat_model.source.model=lenet"])
+    assert compose(mine).threat_model.source.model.name == "lenet"
+
+
 def frame(rows: list[tuple[str, str, float, float, str]]) -> pd.DataFrame:
     return pd.DataFrame([{"attack": a, "defense": d, "measured": m, "published": p, "flags": f}
                          for a, d, m, p, f in rows])

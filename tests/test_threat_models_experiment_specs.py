@@ -53,10 +53,19 @@ def test_spec_is_one_threat_model_and_its_cells_compose(path: Path, tmp_path: Pa
             cfg = compose([*common, *cell_overrides(tmp_path, [cell.choice])])
             check_config(cfg)
             assert cfg.threat_model.name == spec.data["threat_model"]
+            _assert_models_are_the_options_they_name(cfg)
     first = spec.cells[0]
     through_group = compose([*spec.common_overrides(False, None), *cell_overrides(tmp_path, [first.choice])])
     as_overrides = compose([*spec.common_overrides(False, None), *first.overrides])
     assert config_hash(through_group) == config_hash(as_overrides)
+
+
+def _assert_models_are_the_options_they_name(cfg) -> None:
+    """Every model node (the classifier, a black-box source) is the `model` option its name says."""
+    nodes = [cfg.model, *([cfg.threat_model.source.model] if "source" in cfg.threat_model else [])]
+    for node in nodes:
+        option = compose([f"model={node.name}"]).model
+        assert node._target_ == option._target_, f"model {node.name!r} is built by {node._target_}"
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
