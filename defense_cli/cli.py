@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 import traceback
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 import typer
 from omegaconf import DictConfig, OmegaConf
@@ -16,6 +16,8 @@ from defense_cli.config import COMPRESS_CONFIG_NAME, GROUPS, compose, group_opti
 from defense_cli.errors import ConfigError, TrackingUnavailable
 from defense_cli.results_table import console as report_console
 from defense_cli.termination import TerminatedBySignal
+
+T = TypeVar("T")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["--help"]}
@@ -30,9 +32,6 @@ EXIT_TRACKING_UNAVAILABLE = 3
 
 def _dispatch(task: Callable[[DictConfig], object], args: list[str]) -> None:
     """Run a Hydra task; config mistakes exit 2 with one paragraph, crashes exit 1."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     from defense_cli.hydra_app import launch
 
     unknown = [a for a in args if a.startswith("-") and a.split("=")[0] not in HYDRA_FLAGS]
@@ -40,8 +39,17 @@ def _dispatch(task: Callable[[DictConfig], object], args: list[str]) -> None:
         _fail(f"unknown option {unknown[0]!r}. Arguments are Hydra overrides (GROUP=OPTION, KEY=VALUE, "
               f"+KEY=VALUE) and these options: {', '.join(HYDRA_FLAGS[:6])}, --info, --config-name, "
               "--config-dir (run: --quiet); see --help.")
+    _reported(lambda: launch(task, args), args)
+
+
+def _reported(call: Callable[[], T], args: list[str]) -> T:
+    """`call()`, with its failures turned into exits: config mistakes 2 with one paragraph, an
+    unreachable store its own code, a signal its shell code (128 + signal), crashes 1."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
-        launch(task, args)
+        return call()
     except ConfigError as err:
         _fail(str(err))
     except TrackingUnavailable as err:
@@ -197,24 +205,14 @@ def table_command(
     """
     from pathlib import Path
 
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
+    from defense_cli.hydra_app import launch
     from defense_cli.tasks.table import TableOptions, run_table
 
     labels = [label.strip() for label in defenses.split(",")] if defenses else []
     options = TableOptions(limit, reduced, rerun, metric, list(overrides or []), labels, adaptive)
-    from defense_cli.hydra_app import launch
-
-    try:  # launch, not _dispatch: a signal must reach the table's parent run as TerminatedBySignal
-        result = run_table(Path(spec), options, lambda args: launch(_run_task, args))
-    except TerminatedBySignal as stopped:
-        typer.echo(f"stopped by {stopped.signal_name}; the open MLflow runs are marked KILLED", err=True)
-        raise typer.Exit(stopped.exit_code)
-    except ConfigError as err:
-        _fail(str(err))
-    except (HydraException, OmegaConfBaseException) as err:
-        _fail(explain_config_error(err, options.overrides))
+    # the cells' launch raises through run_table, so a signal closes the table's parent run too
+    result = _reported(lambda: run_table(Path(spec), options, lambda args: launch(_run_task, args)),
+                       options.overrides)
     typer.echo(result.markdown)
     typer.echo(f"cells run: {result.ran}, reused: {result.reused}; written to {result.folder}; "
                f"MLflow parent run {result.parent_run_id}")

@@ -118,14 +118,19 @@ class TableSpec:
         merged = {_key(o): o for o in self.data["overrides"]}
         merged.update({_key(o): o for o in (self.reduced["overrides"] if reduced else [])})
         for override in user:
-            if _key(override).lstrip("+") == "experiment":
-                merged = _under_preset(merged, preset_choices(override.split("=", 1)[1]))
+            for preset in experiment_presets([override]):
+                merged = _under_preset(merged, preset_choices(preset))
             merged[_key(override)] = override
         return [*merged.values(), *([f"dataset.limit={limit}"] if limit else [])]
 
 
 def _key(override: str) -> str:
     return override.split("=", 1)[0]
+
+
+def experiment_presets(overrides: list[str]) -> list[str]:
+    """The experiment presets that `overrides` choose (`experiment=NAME`, `+experiment=NAME`)."""
+    return [o.split("=", 1)[1] for o in overrides if _key(o).lstrip("+") == "experiment"]
 
 
 def _under_preset(overrides: dict[str, str], choices: dict[str, str]) -> dict[str, str]:

@@ -11,7 +11,8 @@ no store transaction is cut in half and left holding its lock. A second signal d
 ends the process at once with the same code, and so does a clean-up that takes longer than
 `CLEAN_UP_SECONDS` (a tracking server that no longer answers must not keep a stopped job alive);
 that deadline is kept by a watcher thread, so it holds even while the main thread is stuck in a C
-call that released the GIL (a kernel, a store or network wait). A signal the parent process set to ignored (`nohup` ignores SIGHUP) stays ignored.
+call that released the GIL (a kernel, a store or network wait). A signal the parent process set to
+ignored (`nohup` ignores SIGHUP) stays ignored.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from defense_cli.config import VOLATILE_KEYS, compose, config_hash
 from defense_cli.paper_table import cell_frame, heat_map, layout, markdown
 from defense_cli.run_search import runs_by_hash, runs_frame
-from defense_cli.table_spec import TableSpec, cell_overrides, write_cell_group
+from defense_cli.table_spec import TableSpec, cell_overrides, experiment_presets, write_cell_group
 from defense_cli.tasks.prepare import check_config
 from defense_cli.tracking import RunLog, Tracker, git_commit, home_dir, tracking_uri
 
@@ -41,8 +41,7 @@ class TableOptions:
     def setup_name(self) -> str:
         """The folder under `experiments/results/<spec>/` for this setup ('' for the spec as written):
         the experiment preset, then `reduced`, then `adaptive`, joined by '-'."""
-        presets = [o.split("=", 1)[1] for o in self.overrides if o.split("=", 1)[0].lstrip("+") == "experiment"]
-        return "-".join([*presets, *(["reduced"] if self.reduced else []), *(["adaptive"] if self.adaptive else [])])
+        return "-".join([*experiment_presets(self.overrides), *(["reduced"] if self.reduced else []), *(["adaptive"] if self.adaptive else [])])
 
 
 @dataclass
