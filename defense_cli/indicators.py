@@ -44,10 +44,13 @@ def unavailable_gradients(model: nn.Module, images: torch.Tensor, labels: torch.
 
 @torch.no_grad()
 def unstable_predictions(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, radius: float,
-                         draws: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B,) min(1, mean over `draws` noise draws of |L(x) - L(x + delta)| / |L(x)|), delta uniform in
-    [-radius/2, radius/2] (|L(x)| = 0 divides by 1, as in the authors' code); the draws of a batch
-    are one model call of B x draws images."""
+                         evaluations: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,) min(1, mean over noise draws of |L(x) - L(x + delta)| / |L(x)|), delta uniform in
+    [-radius/2, radius/2] (|L(x)| = 0 divides by 1, as in the authors' code). The noise draws are
+    `evaluations` classifier evaluations per image: `evaluations / k` draws when each call of
+    `model` averages k EOT samples (`model.draws_per_call`), each loss then an EOT mean, so the probe
+    costs the same for a random defense; the draws of a batch are one model call."""
+    draws = max(1, evaluations // getattr(model, "draws_per_call", 1))
     clean_loss = _loss(model, images, labels)
     repeated = images.repeat(draws, *([1] * (images.dim() - 1)))
     noise = torch.rand(repeated.shape, generator=generator, device=images.device, dtype=images.dtype)
