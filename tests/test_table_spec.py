@@ -122,3 +122,6 @@ def test_each_setup_writes_its_own_results_folder():
     assert TableOptions(reduced=True).setup_name() == "reduced"
     assert TableOptions(overrides=["experiment=cifar10_cpu", "hydra/launcher=joblib"],
                         adaptive=True).setup_name() == "cifar10_cpu-adaptive"
+    assert TableOptions(overrides=["experiment=cifar10_cpu", "threat_model.eot_samples=1", "paths.home=/x",
+                                   "defense@train.preprocess=tvm"]).setup_name() == \
+        "cifar10_cpu-threat_model.eot_samples=1-defense@train.preprocess=tvm"

@@ -40,8 +40,16 @@ class TableOptions:
 
     def setup_name(self) -> str:
         """The folder under `experiments/results/<spec>/` for this setup ('' for the spec as written):
-        the experiment preset, then `reduced`, then `adaptive`, joined by '-'."""
-        return "-".join([*experiment_presets(self.overrides), *(["reduced"] if self.reduced else []), *(["adaptive"] if self.adaptive else [])])
+        the experiment preset, every other override that changes the computation (`/` written `_`),
+        then `reduced`, then `adaptive`, joined by '-'."""
+        others = [o.replace("/", "_") for o in computing_overrides(self.overrides) if not experiment_presets([o])]
+        return "-".join([*experiment_presets(self.overrides), *others, *(["reduced"] if self.reduced else []),
+                         *(["adaptive"] if self.adaptive else [])])
+
+
+def computing_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that change what a run computes: all but those of VOLATILE_KEYS."""
+    return [o for o in overrides if re.split(r"[./=]", o.lstrip("+~"))[0] not in VOLATILE_KEYS]
 
 
 @dataclass
@@ -117,7 +125,7 @@ def caption(spec: TableSpec, options: TableOptions, frame: pd.DataFrame, runs: p
     strengths = "; ".join(f"{attack}: {' / '.join(dict.fromkeys(group['attack_strength']))}"
                           for attack, group in frame.groupby("attack", sort=False))
     scaling = [f"--limit {options.limit}"] if options.limit else []
-    scaling += [o for o in options.overrides if re.split(r"[./=]", o)[0] not in VOLATILE_KEYS]
+    scaling += computing_overrides(options.overrides)
     if options.defenses:
         scaling.append(f"defenses {', '.join(options.defenses)} only")
     if options.reduced:
