@@ -11,6 +11,7 @@ from attack_helpers import pooled_blob_task
 from torch import nn
 
 from defense_cli import indicators
+from defense_cli.attacks.base import CountingModel
 from defense_cli.attacks.bpda import DefendedClassifier
 from defense_cli.config import compose
 from defense_cli.defenses.base import Defense
@@ -119,27 +120,15 @@ def test_unstable_predictions_score_is_zero_for_a_constant_loss_and_capped_at_on
     assert not math.isnan(score.sum().item())
 
 
-class Counting(nn.Module):
-    """`model`, counting the images it classifies."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.images = model, 0
-
-    def forward(self, images):
-        self.images += images.shape[0]
-        return self.model(images)
-
-
 def test_unstable_predictions_costs_the_same_classifier_evaluations_under_eot():
     images, labels = torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 0])
-    plain = Counting(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)))
+    plain = CountingModel(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)))
     indicators.unstable_predictions(plain, images, labels, 8 / 255, 20)
-    assert plain.images == 3 * (1 + 20)                      # the clean point, then 20 noise draws
-    under_eot = Counting(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)))
+    assert plain.query_images == 3 * (1 + 20)                # the clean point, then 20 noise draws
+    under_eot = CountingModel(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)))
     target = DefendedClassifier(under_eot, Jitter(), torch.Generator().manual_seed(0), eot_samples=5)
     score = indicators.unstable_predictions(target, images, labels, 8 / 255, 20)
-    assert under_eot.images == 3 * 5 * (1 + 4)               # 20 / 5 = 4 noise draws of 5 EOT samples
+    assert under_eot.query_images == 3 * 5 * (1 + 4)         # 20 / 5 = 4 noise draws of 5 EOT samples
     assert score.shape == (3,) and (score > 0).all()         # the defense's own noise moves the loss
 
 

@@ -4,6 +4,7 @@ through the written `table_cell` group and validates; every conf/experiment conf
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,13 @@ def _assert_models_are_the_options_they_name(cfg) -> None:
     """Every model node (the classifier, a black-box source) is the `model` option its name says."""
     nodes = [cfg.model, *([cfg.threat_model.source.model] if "source" in cfg.threat_model else [])]
     for node in nodes:
-        option = compose([f"model={node.name}"]).model
-        assert node._target_ == option._target_, f"model {node.name!r} is built by {node._target_}"
+        assert node._target_ == _option_target(node.name), f"model {node.name!r} is built by {node._target_}"
+
+
+@functools.lru_cache(maxsize=None)
+def _option_target(name: str) -> str:
+    """The `_target_` of the `model` option `name` (composed once per name, not once per cell)."""
+    return compose([f"model={name}"]).model._target_
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
