@@ -43,6 +43,7 @@ class Evaluation:
     ssim: list[torch.Tensor] = field(default_factory=list)
     attack_seconds: float = 0.0
     defense_seconds: float = 0.0
+    defended_images: int = 0   # images the timed defense calls defended (the draws and votes included)
     gradient_evaluations: int = 0
     queries: int = 0
     samples: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -115,12 +116,14 @@ def evaluate(classifier: nn.Module, defense: Defense, suite: AttackSuite, threat
         start = time.perf_counter()
         defended = defense(images, generator)
         result.defense_seconds += time.perf_counter() - start
+        result.defended_images += images.shape[0]
         start = time.perf_counter()
         outcome = suite.run(entries, lambda entry: targets[entry.name], images, labels, judge, generator)
         result.attack_seconds += time.perf_counter() - start
         start = time.perf_counter()
         draws = draw_predictions(classifier, defense, outcome.adversarial, n_draws, generator)
         result.defense_seconds += time.perf_counter() - start
+        result.defended_images += draws.numel() * max(1, defense.votes)
         l2, linf = perturbation_norms(images, outcome.adversarial)
         result.labels.append(labels.cpu())
         result.clean.append(_predict(classifier, images))

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defense_cli.classifier_evaluations import draws_per_call
+
 #: last steps over which the normalised running-best loss must have settled (indicator 4)
 LAST_STEPS = 10
 
@@ -50,7 +52,7 @@ def unstable_predictions(model: nn.Module, images: torch.Tensor, labels: torch.T
     `evaluations` classifier evaluations per image: `evaluations / k` draws when each call of
     `model` averages k EOT samples (`model.draws_per_call`), each loss then an EOT mean, so the probe
     costs the same for a random defense; the draws of a batch are one model call."""
-    draws = max(1, evaluations // getattr(model, "draws_per_call", 1))
+    draws = max(1, evaluations // draws_per_call(model))
     clean_loss = _loss(model, images, labels)
     repeated = images.repeat(draws, *([1] * (images.dim() - 1)))
     noise = torch.rand(repeated.shape, generator=generator, device=images.device, dtype=images.dtype)

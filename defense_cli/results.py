@@ -37,7 +37,7 @@ def summarize(ev: Evaluation) -> dict[str, float]:
         "defended_clean_ssim": m.mean_or_nan(ev.cat("ssim")),
         "attack_seconds": ev.attack_seconds,
         "defense_seconds": ev.defense_seconds,
-        "defense_seconds_per_image": ev.defense_seconds / (2 * n) if n else math.nan,
+        "defense_seconds_per_image": ev.defense_seconds / ev.defended_images if ev.defended_images else math.nan,
         "gradient_evaluations": float(ev.gradient_evaluations),
         "queries": float(ev.queries),
         **draw_metrics(ev),

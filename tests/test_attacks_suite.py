@@ -137,6 +137,20 @@ def test_eot_draws_are_one_defense_call_and_counted_as_gradients(blob_task):
     assert result.gradient_evaluations == 8 * 3 * 5
 
 
+
+def test_defense_seconds_per_image_divides_by_every_image_the_defense_defended(blob_task):
+    """The clean batch once, then each of the n_draws draws on the adversarial batch: a random
+    defense under 6 draws defends 7 images per test image, a deterministic one 2."""
+    model, test = blob_task
+    test = test.head(20)
+    suite = AttackSuite({"mark": Mark()})
+    random_ev, random_metrics = run(model, test, suite, CountingNoise(), GrayBox(n_draws=6))
+    assert random_ev.defended_images == 20 * (1 + 6)
+    assert random_metrics["defense_seconds_per_image"] == pytest.approx(random_ev.defense_seconds / (20 * 7))
+    fixed_ev, _ = run(model, test, suite, MedianSmoothing(2), GrayBox(n_draws=6))
+    assert fixed_ev.defended_images == 20 * 2
+
+
 def test_adaptive_suite_adds_a_surrogate_attack_where_the_defense_has_one():
     suite = AttackSuite({"pgd": PGD(), "apgd_ce": APGD()}, surrogate_attack="apgd_ce", eot_samples=20)
     with_surrogate = suite.plan(white_box(), MedianSmoothing(2))

@@ -16,6 +16,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from defense_cli.classifier_evaluations import draws_per_call
+
 
 @dataclass
 class AttackResult:
@@ -70,7 +72,7 @@ class CountingModel(nn.Module):
         self.query_images = 0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        count = images.shape[0] * getattr(self.model, "draws_per_call", 1)
+        count = images.shape[0] * draws_per_call(self.model)
         if torch.is_grad_enabled() and images.requires_grad:
             self.gradient_images += count
         else:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from defense_cli.classifier_evaluations import draws_per_call
 from defense_cli.defenses.base import Defense
 from defense_cli.defenses.random_masks import generator_for
 
@@ -133,7 +134,7 @@ class HighestLossIterate(nn.Module):
 
     @property
     def draws_per_call(self) -> int:
-        return getattr(self.model, "draws_per_call", 1)
+        return draws_per_call(self.model)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.model(images)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defense_cli.classifier_evaluations import draws_per_call
+
 
 class IterateTrace(nn.Module):
     """Passes calls through to `model`; for every call on a batch of the clean batch's shape (the
@@ -23,7 +25,7 @@ class IterateTrace(nn.Module):
 
     @property
     def draws_per_call(self) -> int:
-        return getattr(self.model, "draws_per_call", 1)
+        return draws_per_call(self.model)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.model(images)
