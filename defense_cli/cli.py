@@ -193,6 +193,7 @@ def table_command(
     rerun: bool = typer.Option(False, help="run every cell again, even those with a FINISHED run"),
     metric: str = typer.Option("robust_accuracy", help="the metric in the cells"),
     defenses: Optional[str] = typer.Option(None, help="comma-separated defense labels: only these columns"),
+    attacks: Optional[str] = typer.Option(None, help="comma-separated attack labels: only these rows"),
     adaptive: bool = typer.Option(False, help="the spec's defenses under the adaptive attack suite (white-box)"),
 ) -> None:
     """Run a paper-table spec as one Hydra multirun (one MLflow parent, one child per cell,
@@ -208,14 +209,18 @@ def table_command(
     from defense_cli.hydra_app import launch
     from defense_cli.tasks.table import TableOptions, run_table
 
-    labels = [label.strip() for label in defenses.split(",")] if defenses else []
-    options = TableOptions(limit, reduced, rerun, metric, list(overrides or []), labels, adaptive)
+    options = TableOptions(limit, reduced, rerun, metric, list(overrides or []), _labels(defenses), _labels(attacks),
+                           adaptive)
     # the cells' launch raises through run_table, so a signal closes the table's parent run too
     result = _reported(lambda: run_table(Path(spec), options, lambda args: launch(_run_task, args)),
                        options.overrides)
     typer.echo(result.markdown)
     typer.echo(f"cells run: {result.ran}, reused: {result.reused}; written to {result.folder}; "
                f"MLflow parent run {result.parent_run_id}")
+
+
+def _labels(listed: Optional[str]) -> list[str]:
+    return [label.strip() for label in listed.split(",")] if listed else []
 
 
 @app.command("report")

@@ -87,14 +87,20 @@ class TableSpec:
 
     def with_defenses(self, labels: list[str]) -> TableSpec:
         """The spec restricted to the defense columns `labels` (in the spec's order)."""
-        known = self.data["defenses"]
+        return self._restricted("defenses", "defense", labels)
+
+    def with_attacks(self, labels: list[str]) -> TableSpec:
+        """The spec restricted to the attack rows `labels` (in the spec's order)."""
+        return self._restricted("attacks", "attack", labels)
+
+    def _restricted(self, axis: str, noun: str, labels: list[str]) -> TableSpec:
+        known = self.data[axis]
         unknown = [label for label in labels if label not in known]
         if unknown:
-            raise ConfigError(f"table spec {self.path.name} has no defense {unknown[0]!r}; its defenses are "
+            raise ConfigError(f"table spec {self.path.name} has no {noun} {unknown[0]!r}; its {axis} are "
                               f"{', '.join(map(repr, known))}.")
-        defenses = {label: overrides for label, overrides in known.items() if label in labels}
-        return TableSpec(self.path, {**self.data, "defenses": defenses,
-                                     "cells": len(self.data["attacks"]) * len(defenses)})
+        data = {**self.data, axis: {label: overrides for label, overrides in known.items() if label in labels}}
+        return TableSpec(self.path, {**data, "cells": len(data["attacks"]) * len(data["defenses"])})
 
     def under_adaptive_suite(self) -> TableSpec:
         """The spec's defenses, one row: the `adaptive` attack suite, white-box (BPDA, EOT for random

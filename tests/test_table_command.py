@@ -96,6 +96,14 @@ def test_an_unknown_defense_label_is_refused_before_any_write(home):
     assert runs_in(home) == []
 
 
+
+@pytest.mark.parametrize("extra, named", [(["--attacks", "PGD,CW"], "no attack 'CW'"),
+                                          (["--attacks", "PGD", "--adaptive"], "--attacks PGD and --adaptive")])
+def test_an_unknown_attack_label_or_attacks_with_adaptive_is_refused_before_any_write(home, extra, named):
+    result = invoke_cli("table", str(SPEC), *extra, f"paths.home={home}")
+    assert result.exit_code == 2 and named in result.output
+    assert runs_in(home) == []
+
 @pytest.mark.slow
 def test_a_defense_under_the_adaptive_suite_gets_its_own_folder_and_one_suite_cell(home, shared_cache):
     spec = home / SPEC.name

@@ -103,6 +103,15 @@ def test_a_defense_subset_keeps_the_spec_order_and_an_unknown_label_names_the_kn
         spec.with_defenses(["JPEG", "SPLIC"])
 
 
+
+def test_an_attack_subset_keeps_the_spec_order_and_an_unknown_label_names_the_known_ones():
+    spec = TableSpec.load(SPEC)
+    subset = spec.with_attacks(["PGD"]).with_defenses(["JPEG"])
+    assert [(c.attack, c.defense) for c in subset.cells] == [("PGD", "JPEG")] and subset.data["cells"] == 1
+    assert [c.attack for c in spec.with_attacks(["PGD", "FGSM"]).cells] == ["FGSM", "FGSM", "PGD", "PGD"]
+    with pytest.raises(ConfigError, match=r"no attack 'CW'; its attacks are 'FGSM', 'PGD'"):
+        spec.with_attacks(["CW"])
+
 def test_under_the_adaptive_suite_each_defense_is_one_white_box_cell_of_the_suite(tmp_path):
     black_box = TableSpec.load(Path(__file__).resolve().parents[1] / "experiments" / "000_table4_1_black_box_cifar10.yaml")
     adaptive = black_box.under_adaptive_suite()

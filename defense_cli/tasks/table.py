@@ -21,6 +21,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from defense_cli.config import VOLATILE_KEYS, compose, config_hash
+from defense_cli.errors import ConfigError
 from defense_cli.paper_table import cell_frame, heat_map, layout, markdown
 from defense_cli.run_search import runs_by_hash, runs_frame
 from defense_cli.table_spec import TableSpec, cell_overrides, experiment_presets, write_cell_group
@@ -36,6 +37,7 @@ class TableOptions:
     metric: str = "robust_accuracy"
     overrides: list[str] = field(default_factory=list)   # e.g. hydra/launcher=joblib, paths.home=...
     defenses: list[str] = field(default_factory=list)    # defense columns to run (empty: all)
+    attacks: list[str] = field(default_factory=list)     # attack rows to run (empty: all)
     adaptive: bool = False                                # the defenses under the adaptive suite instead
 
     def setup_name(self) -> str:
@@ -64,8 +66,13 @@ class TableResult:
 def run_table(path: Path, options: TableOptions, run_cells: Callable[[list[str]], None]) -> TableResult:
     """Run (or reuse) every cell of the spec at `path`; `run_cells(args)` runs a Hydra multirun."""
     spec = TableSpec.load(path)
+    if options.attacks and options.adaptive:
+        raise ConfigError(f"--attacks {','.join(options.attacks)} and --adaptive exclude each other: "
+                          "--adaptive replaces the spec's attack rows by the adaptive suite.")
     if options.defenses:
         spec = spec.with_defenses(options.defenses)
+    if options.attacks:
+        spec = spec.with_attacks(options.attacks)
     if options.adaptive:
         spec = spec.under_adaptive_suite()
     common = spec.common_overrides(options.reduced, options.limit, options.overrides)
@@ -128,6 +135,8 @@ def caption(spec: TableSpec, options: TableOptions, frame: pd.DataFrame, runs: p
     scaling += computing_overrides(options.overrides)
     if options.defenses:
         scaling.append(f"defenses {', '.join(options.defenses)} only")
+    if options.attacks:
+        scaling.append(f"attacks {', '.join(options.attacks)} only")
     if options.reduced:
         scaling.append(f"reduced setup ({' '.join(spec.reduced['overrides'])}): {spec.reduced['note']}")
     source = f"{d['paper'][:3]} Table {d['table']}, " if "paper" in d else ""
