@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "defense_cli"
 #: Units (top-level modules and subpackages of defense_cli) from the bottom layer up. A unit may
 #: import units of lower layers and modules of its own unit, never one of its own layer or above.
 LAYERS = [
-    {"errors", "environment", "termination", "progress"},
+    {"errors", "environment", "termination", "progress", "classifier_evaluations"},
     {"artifact_cache", "instantiate", "parameter_checks", "config", "tracking", "run_search", "results_table",
      "image_quality", "metrics", "indicators", "visualize", "tracking_server"},
     {"data", "models", "table_spec"},
