@@ -13,12 +13,16 @@ from defense_cli.evaluation import Evaluation
 
 
 def summarize(ev: Evaluation) -> dict[str, float]:
-    """All scalar metrics of one evaluation (NaN where undefined)."""
+    """All scalar metrics of one evaluation (NaN where undefined). The suite does not attack a point
+    the defended classifier already gets wrong clean (its adversarial image is the clean image), so
+    `undefended_attack_success_rate` is counted over the points it attacked; `undefended_robust_accuracy`
+    is the bare classifier on the suite's adversarial images, over every point."""
     labels = ev.cat("labels")
     clean, dclean = ev.cat("clean"), ev.cat("defended_clean")
     adv, dadv = ev.cat("adversarial"), ev.cat("defended_adversarial")
     l2, linf = ev.cat("l2"), ev.cat("linf")
     fooled = (clean == labels) & (adv != labels)
+    attacked = ev.cat("broken_by") != CLEAN if ev.broken_by else torch.ones_like(labels, dtype=torch.bool)
     n = len(labels)
     return {
         "n_images": float(n),
@@ -27,7 +31,7 @@ def summarize(ev: Evaluation) -> dict[str, float]:
         "undefended_robust_accuracy": m.accuracy(adv, labels),
         "robust_accuracy": m.mean_or_nan(ev.cat("robust")),
         "attack_success_rate": m.attack_success_rate(dclean, dadv, labels),
-        "undefended_attack_success_rate": m.attack_success_rate(clean, adv, labels),
+        "undefended_attack_success_rate": m.attack_success_rate(clean[attacked], adv[attacked], labels[attacked]),
         "destruction_rate": m.destruction_rate(clean, adv, dadv, labels),
         "mean_l2": m.mean_or_nan(l2),
         "mean_linf": m.mean_or_nan(linf),

@@ -187,3 +187,20 @@ def test_a_suite_runs_black_box_transfer_and_query_attacks_against_their_own_tar
     metrics = summarize(ev)
     assert calls["source"] > 0 and metrics["queries"] > 0
     assert metrics["robust_accuracy"] <= metrics["robust_accuracy_after_transfer"]
+
+
+def test_undefended_attack_success_rate_counts_only_the_points_the_suite_attacked():
+    from defense_cli.attacks.suite import CLEAN, UNBROKEN
+    from defense_cli.evaluation import Evaluation
+    labels = torch.tensor([0, 1, 2, 3])
+    # points 2 and 3: the defense gets them wrong clean, so the suite leaves them unattacked (adversarial
+    # = clean image, which the bare classifier gets right); points 0 and 1 were attacked, point 0 fooled it
+    ev = Evaluation(labels=[labels], clean=[labels.clone()], defended_clean=[torch.tensor([0, 1, 0, 0])],
+                    adversarial=[torch.tensor([1, 1, 2, 3])], defended_adversarial=[torch.tensor([1, 1, 0, 0])],
+                    robust=[torch.tensor([False, True, False, False])],
+                    broken_by=[torch.tensor([0, UNBROKEN, CLEAN, CLEAN])], entries=["pgd"],
+                    robust_under={"pgd": [torch.tensor([False, True, False, False])]},
+                    iterate_fooled=[torch.tensor([True, False, False, False])], l2=[torch.tensor([0.5, 0.5, 0.0, 0.0])], linf=[torch.tensor([0.03, 0.03, 0.0, 0.0])])
+    metrics = summarize(ev)
+    assert metrics["undefended_attack_success_rate"] == pytest.approx(0.5)   # 1 of the 2 attacked points
+    assert metrics["undefended_robust_accuracy"] == pytest.approx(0.75)     # over every point
