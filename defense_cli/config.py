@@ -154,7 +154,7 @@ _RULES: dict[str, tuple[Rule, str]] = {
     "train.ema_decay": (lambda v: v is None or (_number(v) and 0 < v < 1), "null or a number in (0, 1), e.g. 0.99"),
     "train.translate": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                         "an integer >= 0 (pixels of random translation when train.augment)"),
-    "train.precision": (_one_of("float32", "bfloat16"), "one of float32, bfloat16"),
+    "train.precision": (_one_of("float32", "bfloat16", "auto"), "one of float32, bfloat16, auto"),
     "train.step_size": (_positive_int, "an integer >= 1"),
     "train.scheme": (_one_of("standard", "repr"), "one of standard, repr"),
     "train.repr.s1": (_positive_int, "an integer >= 1 (epochs of full-network training per cycle)"),

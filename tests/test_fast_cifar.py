@@ -24,7 +24,7 @@ from defense_cli.models import build_classifier
 from defense_cli.models.fast_cifar import FastCifarNet
 from defense_cli.training.augment import random_crop_flip
 from defense_cli.training.averaging import WeightAverage
-from defense_cli.training.trainer import one_cycle, train_classifier
+from defense_cli.training.trainer import autocast_dtype, one_cycle, train_classifier
 
 REAL_ARCHIVES = shared_data_dir() / "cifar10-jpeg"
 
@@ -232,3 +232,12 @@ def test_run_with_the_preset_trains_one_epoch_and_attacks_end_to_end(home, tmp_p
     assert (tags["dataset"], tags["model"]) == ("cifar10_jpeg", "fast_cifar")
     assert metrics["n_images"] == 24 and 0.0 <= metrics["robust_accuracy"] <= metrics["clean_accuracy"] <= 1.0
     assert run.data.params["train.schedule"] == "onecycle"
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    cpu = torch.device("cpu")
+    assert autocast_dtype("float32", cpu) is None and autocast_dtype("bfloat16", cpu) is torch.bfloat16
+    for native, expected in [(True, torch.bfloat16), (False, None)]:
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+        assert autocast_dtype("auto", cpu) is expected
+    assert compose(["experiment=cifar10_cpu"]).train.precision == "auto"

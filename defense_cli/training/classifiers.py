@@ -20,7 +20,7 @@ from defense_cli.models import Classifier, build_classifier
 from defense_cli.training.adversarial import adversarial_batches
 from defense_cli.training.defended_data import defended_training_set
 from defense_cli.training.monitor import EpochMonitor
-from defense_cli.training.trainer import predict, train_classifier
+from defense_cli.training.trainer import autocast_dtype, predict, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def obtain_classifier(
         transform = adversarial_batches(train_cfg, context)
         watched = splits.test.head(train_cfg.get("monitor_images"))
         monitor = EpochMonitor(lambda m: test_accuracy(m, watched, device))
-        log.info("training %s on %s for cache entry %s", model_cfg.name, dataset_cfg.name, path.name)
+        log.info("training %s on %s for cache entry %s (autocast: %s)", model_cfg.name, dataset_cfg.name, path.name,
+                 autocast_dtype(train_cfg.get("precision", "float32"), device) or "none, float32")
         history = train_classifier(fresh, data, train_cfg, device, desc=f"train {model_cfg.name}",
                                    batch_transform=transform, hooks=[monitor])
         return {"state_dict": {k: v.cpu() for k, v in fresh.state_dict().items()},

@@ -33,6 +33,17 @@ class TrainingLog:
         return {"train_loss": self.losses, "train_accuracy": self.accuracies, **self.extra}
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `train.precision` on `device`: None for float32; `auto` is bfloat16 where
+    the device computes it natively (a CUDA GPU with bfloat16, a CPU with AVX-512-BF16 or AMX) and
+    float32 elsewhere: on an AVX2-only CPU bfloat16 is emulated and trains about 10x slower."""
+    if precision == "auto":
+        native = (torch.cuda.is_bf16_supported() if device.type == "cuda"
+                  else torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        precision = "bfloat16" if native else "float32"
+    return torch.bfloat16 if precision == "bfloat16" else None
+
+
 def make_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -89,7 +100,8 @@ def train_classifier(model: nn.Module, data: ImageSet, cfg: DictConfig, device: 
     model.to(device)
     average = WeightAverage(model, cfg.ema_decay) if cfg.get("ema_decay") is not None else None
     smoothing = cfg.get("label_smoothing", 0.0)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.get("precision") == "bfloat16")
+    dtype = autocast_dtype(cfg.get("precision", "float32"), device)
+    autocast = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
     for epoch in range(cfg.epochs):
         model.train()
         for hook in hooks:
