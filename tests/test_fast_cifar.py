@@ -58,8 +58,11 @@ def test_test_time_flip_averages_the_image_and_its_mirror_and_keeps_the_cam_shap
 
 
 def test_class_activation_maps_work_on_the_model():
+    torch.manual_seed(0)
     maps = robust_activation_map(classifier().eval(), torch.rand(2, 3, 32, 32))
-    assert maps.shape == (2, 32, 32) and float(maps.min()) >= 0 and float(maps.max()) == pytest.approx(1.0)
+    # a [0, 1] map from the 4 x 4 features, resized bilinearly: its peak reaches 1 only at an edge
+    assert maps.shape == (2, 32, 32) and float(maps.min()) >= 0 and float(maps.max()) <= 1
+    assert bool((maps.amax(dim=(1, 2)) - maps.amin(dim=(1, 2)) > 0.5).all())
 
 
 def test_bad_widths_are_named():
