@@ -22,7 +22,7 @@ def summarize(ev: Evaluation) -> dict[str, float]:
     adv, dadv = ev.cat("adversarial"), ev.cat("defended_adversarial")
     l2, linf = ev.cat("l2"), ev.cat("linf")
     fooled = (clean == labels) & (adv != labels)
-    attacked = ev.cat("broken_by") != CLEAN if ev.broken_by else torch.ones_like(labels, dtype=torch.bool)
+    attacked = ev.cat("broken_by") != CLEAN
     n = len(labels)
     return {
         "n_images": float(n),

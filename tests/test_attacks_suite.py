@@ -200,7 +200,8 @@ def test_undefended_attack_success_rate_counts_only_the_points_the_suite_attacke
                     robust=[torch.tensor([False, True, False, False])],
                     broken_by=[torch.tensor([0, UNBROKEN, CLEAN, CLEAN])], entries=["pgd"],
                     robust_under={"pgd": [torch.tensor([False, True, False, False])]},
-                    iterate_fooled=[torch.tensor([True, False, False, False])], l2=[torch.tensor([0.5, 0.5, 0.0, 0.0])], linf=[torch.tensor([0.03, 0.03, 0.0, 0.0])])
+                    iterate_fooled=[torch.tensor([True, False, False, False])],
+                    l2=[torch.tensor([0.5, 0.5, 0.0, 0.0])], linf=[torch.tensor([0.03, 0.03, 0.0, 0.0])])
     metrics = summarize(ev)
     assert metrics["undefended_attack_success_rate"] == pytest.approx(0.5)   # 1 of the 2 attacked points
     assert metrics["undefended_robust_accuracy"] == pytest.approx(0.75)     # over every point

@@ -18,7 +18,7 @@ from conftest import run_cli, runs_in
 from defense_cli.config import compose, validate
 from defense_cli.data import ImageSet, load_dataset
 from defense_cli.data.cifar10_jpeg import cifar10_jpeg_root, shared_data_dir
-from defense_cli.defenses.rcam import robust_activation_map
+from defense_cli.defenses.rcam import normalise_map, robust_activation_map
 from defense_cli.errors import ConfigError
 from defense_cli.models import build_classifier
 from defense_cli.models.fast_cifar import FastCifarNet
@@ -63,6 +63,9 @@ def test_class_activation_maps_work_on_the_model():
     # a [0, 1] map from the 4 x 4 features, resized bilinearly: its peak reaches 1 only at an edge
     assert maps.shape == (2, 32, 32) and float(maps.min()) >= 0 and float(maps.max()) <= 1
     assert bool((maps.amax(dim=(1, 2)) - maps.amin(dim=(1, 2)) > 0.5).all())
+    at_feature_size = normalise_map(torch.rand(2, 4, 4), (4, 4))   # before resizing: exactly [0, 1]
+    assert at_feature_size.amin(dim=(1, 2)).tolist() == [0.0, 0.0]
+    assert at_feature_size.amax(dim=(1, 2)).tolist() == [1.0, 1.0]
 
 
 def test_bad_widths_are_named():
