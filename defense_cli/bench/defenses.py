@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from defense_cli.bench.cifar import cifar10_jpeg
 from defense_cli.bench.references import reference_generator, references
@@ -16,7 +16,10 @@ from defense_cli.config import compose_group_option, group_options
 from defense_cli.defenses import Defense, DefenseContext, build_defense
 from defense_cli.image_quality import mean_psnr, psnr, ssim
 
-BENCH_CLASSIFIER = {"name": "small_cnn", "width": 32}
+
+def bench_classifier_config() -> DictConfig:
+    """The model config of the classifier that guides R-CAM and LRC-HSP in the benchmark."""
+    return OmegaConf.merge(compose_group_option("model", "small_cnn"), {"width": 32})
 
 
 @dataclass
@@ -44,7 +47,7 @@ def bench_context(needs: set[str], cache_dir: Path, device: torch.device, splits
 
         dataset_cfg = compose_group_option("dataset", "cifar10_jpeg")
         train_cfg = OmegaConf.merge(compose_group_option("train", "default"), {"epochs": 3, "augment": True})
-        context.classifier = obtain_classifier(dataset_cfg, OmegaConf.create(BENCH_CLASSIFIER), train_cfg,
+        context.classifier = obtain_classifier(dataset_cfg, bench_classifier_config(), train_cfg,
                                                splits, cache_dir, device).model
     return context
 
