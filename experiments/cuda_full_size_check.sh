@@ -8,8 +8,9 @@
 #   5. every cell's metrics and timings from the MLflow store.
 # Each step has its own time limit (seconds, from the environment) so that one slow step cannot
 # take the others' time; a step stopped by its limit closes its MLflow runs KILLED and the next
-# step goes on. Everything a step prints lands in OUTDIR. Extra arguments are Hydra overrides
-# given to both tables (a CPU smoke test: train.epochs=1 dataset.train_limit=512 --limit 16).
+# step goes on. Everything a step prints lands in OUTDIR. Extra arguments go to both tables (Hydra
+# overrides, or options such as --limit). A CPU smoke test:
+#   CHECK_DEVICE=cpu experiments/cuda_full_size_check.sh /tmp/check train.epochs=1 dataset.train_limit=256 --limit 8
 #
 #   experiments/cuda_full_size_check.sh OUTDIR [table overrides...]
 set -u
@@ -58,4 +59,3 @@ for _, run in runs.sort_values("start_time").iterrows():
         if run[column] == run[column] and any(k in name for k in ("accuracy", "seconds", "destruction", "images")):
             print(f"    {name} {run[column]:.4f}")
 EOF
-cat "$out/steps.txt"
