@@ -223,10 +223,11 @@ class CheckReport:
 
 def lead_attack_config(attack_cfg: DictConfig) -> DictConfig:
     """The attack the strength and unbounded checks re-run: a single attack's config, or a suite's
-    first attack with steps and eps that uses gradients (else its first attack)."""
+    first attack with steps and eps that uses gradients (else its first attack), resolved so that it
+    stands alone (a suite's attacks interpolate the suite's `eps`)."""
     if "attacks" not in attack_cfg:
         return attack_cfg
-    nodes = list(attack_cfg.attacks.values())
+    nodes = [OmegaConf.create(OmegaConf.to_container(node, resolve=True)) for node in attack_cfg.attacks.values()]
     for node in nodes:
         if "steps" in node and "eps" in node and build_attack(node).uses_gradients:
             return node

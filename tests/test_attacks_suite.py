@@ -171,6 +171,33 @@ def test_suite_configs_compose_with_nested_attacks_and_bad_values_are_named():
     assert list(as_suite(PGD(), "pgd").attacks) == ["pgd"]
 
 
+def test_the_adaptive_suite_has_one_budget_that_attack_eps_moves_for_every_attack():
+    from defense_cli.attacks import build_suite
+    from defense_cli.validity import lead_attack_config, unbounded_attack_config
+
+    default = build_suite(compose(["attack=adaptive"]).attack)
+    assert default.eps == pytest.approx(8 / 255)
+    cfg = compose(["attack=adaptive", "attack.eps=0.0078431372549"]).attack
+    suite = build_suite(cfg)
+    assert suite.eps == pytest.approx(2 / 255)
+    assert {name: attack.eps for name, attack in suite.attacks.items()} == pytest.approx(
+        {"pgd7": 2 / 255, "apgd_ce": 2 / 255, "apgd_t": 2 / 255})
+    assert suite.attacks["pgd7"].step_size == pytest.approx(0.5 / 255)   # a quarter of the budget, as at 8/255
+    lead = lead_attack_config(cfg)                      # the checks re-run the first attack on its own
+    assert lead.name == "pgd7" and lead.eps == pytest.approx(2 / 255)
+    assert unbounded_attack_config(lead, 3 * 32 * 32).step_size == pytest.approx(0.25)
+
+
+def test_a_suite_refuses_an_attack_left_at_another_budget_than_its_own():
+    with pytest.raises(ValueError, match=r"attacks.apgd.eps=0.1 differs from the suite's eps=0.0313725"):
+        AttackSuite({"pgd": PGD(eps=8 / 255), "apgd": APGD(eps=0.1)}, eps=8 / 255)
+    with pytest.raises(ConfigError, match=r"attack.attacks.apgd_t.eps=0.05 differs from the suite's eps"):
+        check_config(compose(["attack=adaptive", "attack.attacks.apgd_t.eps=0.05"]))
+    with pytest.raises(ConfigError, match=r"eps=-0.1 is not allowed"):
+        check_config(compose(["attack=adaptive", "attack.eps=-0.1"]))
+    assert AttackSuite({"none": NoAttack(), "pgd": PGD(eps=0.1)}, eps=0.1).eps == 0.1   # no budget to disagree
+
+
 def test_a_suite_runs_black_box_transfer_and_query_attacks_against_their_own_targets(blob_task):
     from defense_cli.attacks.spsa import SPSA
     from defense_cli.attacks.threat_models import BlackBox

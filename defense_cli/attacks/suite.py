@@ -13,10 +13,14 @@ the defense classifies correctly, so each attack's own robust accuracy is known 
 Where the defense has a differentiable surrogate and the threat model is white-box, the plan adds
 the `surrogate_attack` once more with `threat_model.bpda=surrogate` (BPDA through the surrogate).
 `eot_samples`, when set, replaces the white-box threat model's EOT samples for the suite's attacks.
+`eps`, when set, is the suite's one budget, as AutoAttack has one: every attack of the suite must use
+it (`conf/attack/adaptive.yaml` interpolates it into each, so `attack.eps=...` moves them together),
+and an attack left at another budget is a config error rather than a silently mixed suite.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -29,7 +33,7 @@ from defense_cli.attacks.threat_models import ThreatModel, WhiteBox, run_attack
 from defense_cli.attacks.trace import IterateTrace
 from defense_cli.defenses.base import Defense
 from defense_cli.indicators import incomplete_optimisation
-from defense_cli.parameter_checks import check_positive_int
+from defense_cli.parameter_checks import check_eps, check_positive_int
 
 #: (adversarial images, labels) -> (B,) True where the defended classifier is right under every draw
 Judge = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -37,6 +41,15 @@ Judge = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CLEAN, UNBROKEN = -2, -1
 #: tolerance of the incomplete-optimisation indicator (Pintor et al. 2022, sec. 3)
 LOSS_TOLERANCE = 0.05
+
+
+def _common_budget(eps: float, attacks: dict[str, Attack]) -> float:
+    """`eps`, after checking that every bounded attack of the suite uses it."""
+    for name, attack in attacks.items():
+        if attack.eps is not None and attack.uses_gradients and not math.isclose(attack.eps, eps, rel_tol=1e-9):
+            raise ValueError(f"attacks.{name}.eps={attack.eps:.6g} differs from the suite's eps={eps:.6g}; set the "
+                             f"suite's eps (attack.eps=...) to move every attack's budget, not one attack's")
+    return eps
 
 
 @dataclass
@@ -71,7 +84,7 @@ class AttackSuite:
     """A list of attacks run as a cascade (or independently) with the per-example worst case."""
 
     def __init__(self, attacks: dict[str, Attack], cascade: bool = True, surrogate_attack: str | None = None,
-                 eot_samples: int | None = None) -> None:
+                 eot_samples: int | None = None, eps: float | None = None) -> None:
         if not isinstance(attacks, dict) or not attacks:
             raise ValueError(f"attacks={attacks!r} must be a non-empty mapping of names to attack configs")
         bad = [name for name, attack in attacks.items() if not isinstance(attack, Attack)]
@@ -84,6 +97,7 @@ class AttackSuite:
             raise ValueError(f"cascade={cascade!r} must be true or false")
         self.attacks, self.cascade, self.surrogate_attack = attacks, cascade, surrogate_attack
         self.eot_samples = None if eot_samples is None else check_positive_int("eot_samples", eot_samples)
+        self.eps = None if eps is None else _common_budget(check_eps(eps), attacks)
 
     def plan(self, threat_model: ThreatModel, defense: Defense) -> list[SuiteEntry]:
         """The entries run under `threat_model` (white-box with the suite's `eot_samples` when set), in
