@@ -104,17 +104,26 @@ def test_an_unknown_attack_label_or_attacks_with_adaptive_is_refused_before_any_
     assert result.exit_code == 2 and named in result.output
     assert runs_in(home) == []
 
+def test_a_key_no_cell_has_is_refused_naming_it_and_leaves_no_work_folder(home):
+    result = invoke_cli("table", str(SPEC), "--adaptive", "attack.attacks.apgd_t.nope=1", f"paths.home={home}")
+    assert result.exit_code == 2 and "attack.attacks.apgd_t.nope" in result.output
+    assert runs_in(home) == [] and not list((home / "outputs").rglob("*.yaml"))
+
+
 @pytest.mark.slow
 def test_a_defense_under_the_adaptive_suite_gets_its_own_folder_and_one_suite_cell(home, shared_cache):
+    """Keys that only the suite has (its budget, one attack's steps) reach the cell and name the folder."""
     spec = home / SPEC.name
     shutil.copy(SPEC, spec)
-    result = run_cli("table", str(spec), "--limit", "16", "--adaptive", "--defenses", "JPEG", f"paths.home={home}",
-                     f"paths.cache_dir={shared_cache}", cwd=home)
+    suite_keys = ["attack.eps=0.2", "attack.attacks.apgd_t.steps=2"]
+    result = run_cli("table", str(spec), "--limit", "16", "--adaptive", "--defenses", "JPEG", *suite_keys,
+                     f"paths.home={home}", f"paths.cache_dir={shared_cache}", cwd=home)
     assert result.returncode == 0, result.stderr[-3000:]
     (child,) = evaluation_runs(home).values()
     assert child.data.params["attack.name"] == "adaptive" and child.data.params["defense.name"] == "jpeg"
     assert child.data.params["threat_model.name"] == "white_box"
-    markdown = (home / "results" / spec.stem / "adaptive" / "table.md").read_text()
+    assert child.data.params["attack.attacks.apgd_ce.eps"] == "0.2" and child.data.params["attack.attacks.apgd_t.steps"] == "2"
+    markdown = (home / "results" / spec.stem / "-".join([*suite_keys, "adaptive"]) / "table.md").read_text()
     assert "under the adaptive attack suite" in markdown and "Adaptive (white-box)" in markdown
     assert f"{100 * child.data.metrics['robust_accuracy']:.1f}" in markdown and "defenses JPEG only" in markdown
     assert not (home / "results" / spec.stem / "table.md").exists()

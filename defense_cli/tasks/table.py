@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -49,9 +50,20 @@ class TableOptions:
                          *(["adaptive"] if self.adaptive else [])])
 
 
+def _volatile(override: str) -> bool:
+    return re.split(r"[./=]", override.lstrip("+~"))[0] in VOLATILE_KEYS
+
+
 def computing_overrides(overrides: list[str]) -> list[str]:
     """The overrides that change what a run computes: all but those of VOLATILE_KEYS."""
-    return [o for o in overrides if re.split(r"[./=]", o.lstrip("+~"))[0] not in VOLATILE_KEYS]
+    return [o for o in overrides if not _volatile(o)]
+
+
+def storage_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of VOLATILE_KEYS (where runs are stored, what is printed): all that the table's
+    store needs. The others may name keys that only a cell's options have (`attack.attacks.apgd_t.steps`
+    under `--adaptive`), so they are checked on each cell's config instead."""
+    return [o for o in overrides if _volatile(o)]
 
 
 @dataclass
@@ -76,11 +88,9 @@ def run_table(path: Path, options: TableOptions, run_cells: Callable[[list[str]]
     if options.adaptive:
         spec = spec.under_adaptive_suite()
     common = spec.common_overrides(options.reduced, options.limit, options.overrides)
-    first = compose(common)
+    first = compose(storage_overrides(common))
     work = home_dir(first) / "outputs" / "tables" / spec.name / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-    write_cell_group(spec.cells, work)
-    hashes = {cell: config_hash(_checked(compose([*common, *cell_overrides(work, [cell.choice])])))
-              for cell in spec.cells}
+    hashes = _cell_hashes(spec, common, work)
     uri, experiment = tracking_uri(first), first.mlflow.experiment_name
     reused = {} if options.rerun else runs_by_hash(uri, experiment, hashes.values())
     todo = [cell.choice for cell in spec.cells if hashes[cell] not in reused]
@@ -92,6 +102,17 @@ def run_table(path: Path, options: TableOptions, run_cells: Callable[[list[str]]
                        f"hydra.sweep.dir={work / 'multirun'}"])
         folder, text = _finish(spec, options, hashes, uri, experiment, parent)
     return TableResult(parent.run_id, len(todo), len(spec.cells) - len(todo), folder, text)
+
+
+def _cell_hashes(spec: TableSpec, common: list[str], work: Path) -> dict:
+    """Each cell's config hash, its config checked; a bad override leaves no work folder behind."""
+    write_cell_group(spec.cells, work)
+    try:
+        return {cell: config_hash(_checked(compose([*common, *cell_overrides(work, [cell.choice])])))
+                for cell in spec.cells}
+    except Exception:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def _checked(cfg: DictConfig) -> DictConfig:
