@@ -27,8 +27,11 @@ LONG_TRAINING = ("train.epochs=40", "dataset.limit=200")
 def _start_cli(home: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    # as from a terminal: a test session started under nohup would pass its ignored SIGHUP on,
+    # and the CLI rightly keeps an ignored SIGHUP ignored
     return subprocess.Popen([sys.executable, "-m", "defense_cli.cli", *args], cwd=home, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
 
 
 def _wait_for_running_child(home: Path, process: subprocess.Popen, timeout: float = 120.0):
