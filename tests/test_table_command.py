@@ -104,6 +104,7 @@ def test_an_unknown_attack_label_or_attacks_with_adaptive_is_refused_before_any_
     assert result.exit_code == 2 and named in result.output
     assert runs_in(home) == []
 
+
 def test_a_key_no_cell_has_is_refused_naming_it_and_leaves_no_work_folder(home):
     result = invoke_cli("table", str(SPEC), "--adaptive", "attack.attacks.apgd_t.nope=1", f"paths.home={home}")
     assert result.exit_code == 2 and "attack.attacks.apgd_t.nope" in result.output

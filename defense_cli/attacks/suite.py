@@ -44,7 +44,8 @@ LOSS_TOLERANCE = 0.05
 
 
 def _common_budget(eps: float, attacks: dict[str, Attack]) -> float:
-    """`eps`, after checking that every bounded attack of the suite uses it."""
+    """`eps`, after checking that every bounded gradient attack of the suite uses it (a query or
+    no-op attack carries no budget of the suite's; `NoAttack.eps` is 0)."""
     for name, attack in attacks.items():
         if attack.eps is not None and attack.uses_gradients and not math.isclose(attack.eps, eps, rel_tol=1e-9):
             raise ValueError(f"attacks.{name}.eps={attack.eps:.6g} differs from the suite's eps={eps:.6g}; set the "

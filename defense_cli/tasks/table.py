@@ -25,7 +25,7 @@ from defense_cli.config import VOLATILE_KEYS, compose, config_hash
 from defense_cli.errors import ConfigError
 from defense_cli.paper_table import cell_frame, heat_map, layout, markdown
 from defense_cli.run_search import runs_by_hash, runs_frame
-from defense_cli.table_spec import TableSpec, cell_overrides, experiment_presets, write_cell_group
+from defense_cli.table_spec import Cell, TableSpec, cell_overrides, experiment_presets, write_cell_group
 from defense_cli.tasks.prepare import check_config
 from defense_cli.tracking import RunLog, Tracker, git_commit, home_dir, tracking_uri
 
@@ -104,7 +104,7 @@ def run_table(path: Path, options: TableOptions, run_cells: Callable[[list[str]]
     return TableResult(parent.run_id, len(todo), len(spec.cells) - len(todo), folder, text)
 
 
-def _cell_hashes(spec: TableSpec, common: list[str], work: Path) -> dict:
+def _cell_hashes(spec: TableSpec, common: list[str], work: Path) -> dict[Cell, str]:
     """Each cell's config hash, its config checked; a bad override leaves no work folder behind."""
     write_cell_group(spec.cells, work)
     try:
