@@ -192,8 +192,10 @@ def table_command(
     reduced: bool = typer.Option(False, help="the spec's reduced setup for a machine without a GPU"),
     rerun: bool = typer.Option(False, help="run every cell again, even those with a FINISHED run"),
     metric: str = typer.Option("robust_accuracy", help="the metric in the cells"),
-    defenses: Optional[str] = typer.Option(None, help="comma-separated defense labels: only these columns"),
-    attacks: Optional[str] = typer.Option(None, help="comma-separated attack labels: only these rows"),
+    defenses: Optional[str] = typer.Option(None, help="comma-separated defense labels: run only these columns "
+                                           "(the table shows every cell with a run)"),
+    attacks: Optional[str] = typer.Option(None, help="comma-separated attack labels: run only these rows "
+                                          "(the table shows every cell with a run)"),
     adaptive: bool = typer.Option(False, help="the spec's defenses under the adaptive attack suite (white-box)"),
 ) -> None:
     """Run a paper-table spec as one Hydra multirun (one MLflow parent, one child per cell,

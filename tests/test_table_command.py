@@ -1,7 +1,7 @@
 """`defense-cli table` on a small real spec (mnist5k, 2 attacks x 2 defenses, --limit 64): one
 parent, one child per cell, the written table holds the stored metrics, a second call runs
-nothing, a cell deleted from the store is run again, and --rerun runs every cell again. Bad specs
-are refused before any write."""
+nothing, a call for one column keeps the other in the table, a cell deleted from the store is run
+again, and --rerun runs every cell again. Bad specs are refused before any write."""
 
 from __future__ import annotations
 
@@ -57,6 +57,11 @@ def test_table_runs_each_cell_once_and_reuses_finished_cells(home, shared_cache)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "cells run: 0, reused: 4" in again.stdout
     assert set(evaluation_runs(home)) == set(children)
+
+    one_column = run_cli(*args, "--defenses", "JPEG", cwd=home)
+    assert one_column.returncode == 0, one_column.stderr[-3000:]
+    assert "cells run: 0, reused: 2" in one_column.stdout
+    assert set(pd.read_csv(folder / "table.csv")["run_id"]) == set(children)   # Vanilla's column stays
 
     deleted = cells.run_id.iloc[0]
     client.delete_run(deleted)
@@ -126,5 +131,8 @@ def test_a_defense_under_the_adaptive_suite_gets_its_own_folder_and_one_suite_ce
     assert child.data.params["attack.attacks.apgd_ce.eps"] == "0.2" and child.data.params["attack.attacks.apgd_t.steps"] == "2"
     markdown = (home / "results" / spec.stem / "-".join([*suite_keys, "adaptive"]) / "table.md").read_text()
     assert "under the adaptive attack suite" in markdown and "Adaptive (white-box)" in markdown
-    assert f"{100 * child.data.metrics['robust_accuracy']:.1f}" in markdown and "defenses JPEG only" in markdown
+    assert f"{100 * child.data.metrics['robust_accuracy']:.1f}" in markdown
+    assert "1 of 2 cells not run yet" in markdown      # Vanilla's column waits for its own run
+    cells = pd.read_csv(home / "results" / spec.stem / "-".join([*suite_keys, "adaptive"]) / "table.csv")
+    assert list(cells["defense"]) == ["Vanilla", "JPEG"] and cells["measured"].isna().tolist() == [True, False]
     assert not (home / "results" / spec.stem / "table.md").exists()

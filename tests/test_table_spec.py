@@ -12,7 +12,7 @@ import pytest
 
 from defense_cli.config import compose, config_hash
 from defense_cli.errors import ConfigError
-from defense_cli.paper_table import WORST_CASE, layout, markdown
+from defense_cli.paper_table import NOT_RUN, WORST_CASE, layout, markdown
 from defense_cli.table_spec import ADAPTIVE_ROW, Cell, TableSpec, cell_overrides, write_cell_group
 from defense_cli.tasks.table import TableOptions
 
@@ -87,6 +87,17 @@ def test_layout_prints_measured_published_flags_and_the_worst_real_attack():
     assert table.loc[WORST_CASE, "JPEG"] == "20.0" and table.loc[WORST_CASE, "None"] == "5.0"
     text = markdown(table, "caption", cells)
     assert "- ! PGD / JPEG: random_without_eot: no EOT" in text
+
+
+def test_a_cell_not_run_says_so_and_its_column_worst_case_is_an_upper_bound():
+    cells = frame([("FGSM", "JPEG", 40.0, 45.5, ""), ("PGD", "JPEG", math.nan, 30.0, ""),
+                   ("FGSM", "None", math.nan, 1.0, ""), ("PGD", "None", math.nan, 0.0, ""),
+                   ("FGSM", "TVM", 12.0, math.nan, ""), ("PGD", "TVM", 3.0, math.nan, "")])
+    table = layout(cells, clean_attacks=set())
+    assert list(table.columns) == ["JPEG", "None", "TVM"]
+    assert table.loc["PGD", "JPEG"] == NOT_RUN and table.loc["FGSM", "JPEG"] == "40.0 (45.5)"
+    assert table.loc[WORST_CASE, "JPEG"] == "≤ 40.0"       # PGD may still bring it lower
+    assert table.loc[WORST_CASE, "None"] == NOT_RUN and table.loc[WORST_CASE, "TVM"] == "3.0"
 
 
 def test_one_attack_gets_no_worst_case_row():
