@@ -10,7 +10,7 @@ from attack_helpers import pooled_blob_task
 from defense_cli.attacks.apgd import APGD
 from defense_cli.attacks.base import Attack, NoAttack
 from defense_cli.attacks.foolbox_attacks import FGSM, PGD
-from defense_cli.attacks.suite import AttackSuite, as_suite
+from defense_cli.attacks.suite import CLEAN, AttackSuite, as_suite
 from defense_cli.attacks.threat_models import GrayBox, WhiteBox
 from defense_cli.config import compose
 from defense_cli.data import ImageSet
@@ -73,6 +73,19 @@ def test_cascade_attacks_only_the_points_still_robust_and_its_accuracy_falls(blo
     assert sum(recorder.seen) == int(torch.cat(ev.robust_under["pgd"]).sum()) > 0
     assert metrics["robust_accuracy_after_pgd"] >= metrics["robust_accuracy_after_after"] == metrics["robust_accuracy"]
     assert metrics["broken_by_after"] == 0
+
+
+def test_each_attack_of_the_suite_logs_a_progress_line_with_the_points_it_attacked_and_left(blob_task, capsys):
+    model, test = blob_task
+    suite = AttackSuite({"fgsm": FGSM(eps=0.15), "pgd": PGD(eps=0.15, steps=10, step_size=0.03)})
+    ev = evaluate(model, NoDefense(), suite, white_box(), test, len(test), CPU, torch.Generator().manual_seed(0), 0)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[progress] attack suite")]
+    right_clean = int((ev.cat("broken_by") != CLEAN).sum())
+    after_fgsm, after_pgd = (int(torch.cat(ev.robust_under[name]).sum()) for name in ("fgsm", "pgd"))
+    assert len(lines) == 3 and f"on {len(test)} images" in lines[0]
+    assert lines[1].endswith(f"attack=fgsm, attacked={right_clean}, robust={after_fgsm}")
+    assert lines[2].endswith(f"attack=pgd, attacked={after_fgsm}, robust={after_pgd}") and "(2/2 attack)" in lines[2]
+    assert after_pgd < after_fgsm < right_clean
 
 
 class MarkedFlip(Defense):

@@ -34,6 +34,7 @@ from defense_cli.attacks.trace import IterateTrace
 from defense_cli.defenses.base import Defense
 from defense_cli.indicators import incomplete_optimisation
 from defense_cli.parameter_checks import check_eps, check_positive_int
+from defense_cli.progress import progress
 
 #: (adversarial images, labels) -> (B,) True where the defended classifier is right under every draw
 Judge = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -116,18 +117,21 @@ class AttackSuite:
 
     def run(self, entries: list[SuiteEntry], target_for: Callable[[SuiteEntry], nn.Module], images: torch.Tensor,
             labels: torch.Tensor, judge: Judge, generator: torch.Generator | None = None) -> SuiteOutcome:
-        """Attack one batch. `target_for(entry)` is the model the entry attacks."""
+        """Attack one batch. `target_for(entry)` is the model the entry attacks. A progress line per
+        attack names it, the points it attacked and the points still robust."""
         start = judge(images, labels)
         outcome = SuiteOutcome(images.clone(), start.clone(),
                                torch.where(start, UNBROKEN, CLEAN).to(labels.device),
                                iterate_fooled=torch.zeros_like(start))
-        for index, entry in enumerate(entries):
+        bar = progress(entries, len(entries), f"attack suite on {len(images)} images", "attack")
+        for index, entry in enumerate(bar):
             pending = torch.nonzero(outcome.robust if self.cascade else start).squeeze(1)
             robust_here = torch.zeros_like(start)
             if pending.numel():
                 robust_here[pending] = self._attack(index, entry, target_for(entry), images[pending],
                                                     labels[pending], judge, generator, outcome, pending)
             outcome.robust_under[entry.name] = outcome.robust.clone() if self.cascade else robust_here
+            bar.set_postfix(attack=entry.name, attacked=pending.numel(), robust=int(outcome.robust.sum()))
         return outcome
 
     @staticmethod
