@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from defense_cli.attacks.checkpoint import SuiteCheckpoints
 from defense_cli.attacks.suite import AttackSuite
 from defense_cli.attacks.threat_models import ThreatModel
 from defense_cli.data import ImageSet
@@ -46,6 +47,7 @@ class Evaluation:
     defended_images: int = 0   # images the timed defense calls defended (the draws and votes included)
     gradient_evaluations: int = 0
     queries: int = 0
+    resumed_attacks: int = 0   # (batch, attack) pairs restored from a checkpoint of a killed run
     samples: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def cat(self, name: str) -> torch.Tensor:
@@ -93,9 +95,11 @@ def robust_judge(classifier: nn.Module, defense: Defense, n_draws: int, generato
 
 def evaluate(classifier: nn.Module, defense: Defense, suite: AttackSuite, threat_model: ThreatModel,
              test: ImageSet, batch_size: int, device: torch.device, generator: torch.Generator, grid_size: int = 8,
-             source_model: Callable[[], nn.Module] | None = None) -> Evaluation:
+             source_model: Callable[[], nn.Module] | None = None,
+             checkpoints: SuiteCheckpoints | None = None) -> Evaluation:
     """Run the suite under `threat_model` (each attack against the model the threat model gives it)
-    and the defense (in front of `classifier`) over `test`.
+    and the defense (in front of `classifier`) over `test`. With `checkpoints`, each batch's suite
+    is checkpointed after every attack and resumed from a checkpoint left by a killed run.
 
     A point is robust when the suite did not break it under any of `threat_model.n_draws` draws of
     a random defense, nor do that many fresh draws of the defense applied to its final adversarial
@@ -112,14 +116,16 @@ def evaluate(classifier: nn.Module, defense: Defense, suite: AttackSuite, threat
     classifier.eval()
     judge = robust_judge(classifier, defense, n_draws, generator)
     batches = test.batches(batch_size, device=device)
-    for images, labels in progress(batches, -(-len(test) // batch_size), "attack + defend"):
+    for index, (images, labels) in enumerate(progress(batches, -(-len(test) // batch_size), "attack + defend")):
         start = time.perf_counter()
         defended = defense(images, generator)
         result.defense_seconds += time.perf_counter() - start
         result.defended_images += images.shape[0]
         start = time.perf_counter()
-        outcome = suite.run(entries, lambda entry: targets[entry.name], images, labels, judge, generator)
-        result.attack_seconds += time.perf_counter() - start
+        checkpoint = None if checkpoints is None else checkpoints.for_batch(index, result.entries, images, labels)
+        outcome = suite.run(entries, lambda entry: targets[entry.name], images, labels, judge, generator, checkpoint)
+        result.attack_seconds += time.perf_counter() - start + outcome.resumed_seconds
+        result.resumed_attacks += outcome.resumed_attacks
         start = time.perf_counter()
         draws = draw_predictions(classifier, defense, outcome.adversarial, n_draws, generator)
         result.defense_seconds += time.perf_counter() - start

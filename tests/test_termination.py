@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import invoke_cli, runs_in
+from conftest import invoke_cli, run_cli, runs_in
 from defense_cli.termination import TerminatedBySignal, signals_deferred, signals_raise
 from defense_cli.tracking import Tracker
 
@@ -84,6 +84,33 @@ def test_a_sweep_stopped_by_sigterm_marks_child_and_parent_killed(home):
     assert len(parents) == 1 and len(children) == 1, "the second job must not start after the signal"
     assert parents[0].info.status == "KILLED" and parents[0].data.tags["signal"] == "SIGTERM"
     assert children[0].info.status == "KILLED" and children[0].data.tags["signal"] == "SIGTERM"
+
+
+@pytest.mark.slow
+def test_a_run_killed_inside_its_attack_suite_resumes_after_the_last_finished_attack(home):
+    """Killed while APGD-CE runs, after PGD-7 finished: the same command resumes from PGD-7's
+    checkpoint, says so in its tags, and leaves no checkpoint once FINISHED."""
+    args = ("run", "attack=adaptive", "attack.attacks.apgd_ce.steps=400", "attack.attacks.apgd_t.steps=5",
+            "attack.attacks.apgd_t.target_classes=2", "train.epochs=1", "dataset.limit=64",
+            f"paths.cache_dir={home / 'cache'}")
+    process = _start_cli(home, *args)
+    for line in process.stderr:
+        if "[progress] attack suite on 64 images: 33% (1/3 attack)" in line:
+            break
+    code, stderr = _stop(process, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, stderr
+    (killed,) = runs_in(home)
+    assert killed.info.status == "KILLED"
+    (checkpoint,) = (home / "cache" / "suite_checkpoints").rglob("*.pt")
+    assert checkpoint.name == "batch0.pt"
+
+    resumed = run_cli(*args, cwd=home)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "attack suite on 64 images: start (0/2 attack)" in resumed.stderr     # PGD-7 not run again
+    (finished,) = [run for run in runs_in(home) if run.info.status == "FINISHED"]
+    assert finished.data.tags["resumed_attacks"] == "1"
+    assert finished.data.tags["config_hash"] == killed.data.tags["config_hash"]
+    assert not list((home / "cache" / "suite_checkpoints").rglob("*.pt"))
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ and an attack left at another budget is a config error rather than a silently mi
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from defense_cli.attacks.base import Attack
 from defense_cli.attacks.bpda import DefendedClassifier, defense_steps
+from defense_cli.attacks.checkpoint import BatchCheckpoint, restored
 from defense_cli.attacks.threat_models import ThreatModel, WhiteBox, run_attack
 from defense_cli.attacks.trace import IterateTrace
 from defense_cli.defenses.base import Defense
@@ -80,6 +82,8 @@ class SuiteOutcome:
     target_robust: list[torch.Tensor] = field(default_factory=list)
     gradient_evaluations: int = 0
     queries: int = 0
+    resumed_attacks: int = 0      # attacks restored from a checkpoint instead of run
+    resumed_seconds: float = 0.0  # the attack seconds they took when they ran
 
 
 class AttackSuite:
@@ -116,15 +120,21 @@ class AttackSuite:
         return entries
 
     def run(self, entries: list[SuiteEntry], target_for: Callable[[SuiteEntry], nn.Module], images: torch.Tensor,
-            labels: torch.Tensor, judge: Judge, generator: torch.Generator | None = None) -> SuiteOutcome:
-        """Attack one batch. `target_for(entry)` is the model the entry attacks. A progress line per
-        attack names it, the points it attacked and the points still robust."""
+            labels: torch.Tensor, judge: Judge, generator: torch.Generator | None = None,
+            checkpoint: BatchCheckpoint | None = None) -> SuiteOutcome:
+        """Attack one batch. `target_for(entry)` is the model the entry attacks. With a `checkpoint`,
+        the outcome is stored after each attack, and a stored one is resumed after its last attack.
+        A progress line per attack names it, the points it attacked and the points still robust."""
+        begin = time.perf_counter()
         start = judge(images, labels)
-        outcome = SuiteOutcome(images.clone(), start.clone(),
-                               torch.where(start, UNBROKEN, CLEAN).to(labels.device),
-                               iterate_fooled=torch.zeros_like(start))
-        bar = progress(entries, len(entries), f"attack suite on {len(images)} images", "attack")
-        for index, entry in enumerate(bar):
+        outcome = self._resume(checkpoint, images, generator) or SuiteOutcome(
+            images.clone(), start.clone(), torch.where(start, UNBROKEN, CLEAN).to(labels.device),
+            iterate_fooled=torch.zeros_like(start))
+        done = outcome.resumed_attacks
+        bar = progress(range(done, len(entries)), len(entries) - done, f"attack suite on {len(images)} images",
+                       "attack")
+        for index in bar:
+            entry = entries[index]
             pending = torch.nonzero(outcome.robust if self.cascade else start).squeeze(1)
             robust_here = torch.zeros_like(start)
             if pending.numel():
@@ -132,7 +142,23 @@ class AttackSuite:
                                                     labels[pending], judge, generator, outcome, pending)
             outcome.robust_under[entry.name] = outcome.robust.clone() if self.cascade else robust_here
             bar.set_postfix(attack=entry.name, attacked=pending.numel(), robust=int(outcome.robust.sum()))
+            if checkpoint is not None:
+                spent = outcome.resumed_seconds + time.perf_counter() - begin
+                checkpoint.save(index + 1, outcome, generator, spent)
         return outcome
+
+    @staticmethod
+    def _resume(checkpoint: BatchCheckpoint | None, images: torch.Tensor,
+                generator: torch.Generator | None) -> SuiteOutcome | None:
+        """The outcome stored by `checkpoint` (its attacks done counted in `resumed_attacks`), with
+        the generator set to its state then; None when there is none."""
+        stored = None if checkpoint is None else checkpoint.load()
+        if stored is None:
+            return None
+        if generator is not None and stored.generator_state is not None:
+            generator.set_state(stored.generator_state)
+        fields = restored(stored.outcome, images.device)
+        return SuiteOutcome(**{**fields, "resumed_attacks": stored.done, "resumed_seconds": stored.seconds})
 
     @staticmethod
     def _attack(index: int, entry: SuiteEntry, target: nn.Module, images: torch.Tensor, labels: torch.Tensor,

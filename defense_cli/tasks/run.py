@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from defense_cli.attacks import ThreatModel, build_suite, build_threat_model
 from defense_cli.attacks.bpda import DefendedClassifier
+from defense_cli.attacks.checkpoint import SuiteCheckpoints
 from defense_cli.attacks.suite import AttackSuite
 from defense_cli.config import config_hash
 from defense_cli.defenses import Defense, DefenseContext, build_defense
@@ -41,8 +42,9 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
         defense.prepare(DefenseContext(classifier=trained.model, train_set=p.splits.train, cache_dir=p.cache,
                                        device=p.device, seed=cfg.seed))
         source_model = functools.cache(lambda: source_classifier(p, cfg.threat_model.source).model)
+        checkpoints = suite_checkpoints(cfg, p)
         ev = evaluate(trained.model, defense, suite, threat_model, p.splits.test, cfg.eval_batch_size, p.device,
-                      generator, cfg.num_samples_grid, source_model)
+                      generator, cfg.num_samples_grid, source_model, checkpoints)
         metrics = {**summarize(ev), "train_seconds": trained.seconds,
                    "classifier_train_accuracy": trained.train_accuracy}
         checks = _validity(cfg, p, trained.model, defense, suite, threat_model, ev, metrics, source_model)
@@ -54,10 +56,11 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
         run.series({"robust_accuracy_draw": per_draw_accuracies(ev)}, first_step=0)
         strength = suite.describe(suite.plan(threat_model, defense), defense)
         run.tags({"attack_strength": strength[:5000], "classifier_cache_hit": str(trained.cache_hit),
-                  "classifier_key": trained.key, **checks.tags()})
+                  "classifier_key": trained.key, "resumed_attacks": str(ev.resumed_attacks), **checks.tags()})
         run.json({**metrics, "per_draw_robust_accuracy": per_draw_accuracies(ev), "checks": checks.outcomes},
                  "metrics.json")
         _log_grid(run, ev, p.splits.classes)
+        checkpoints.clear()
     context = {"data": f"{cfg.dataset.name} ({int(metrics['n_images'])} test images)",
                "model": cfg.model.name, "defense": repr(defense), "attack": strength,
                "threat model": cfg.threat_model.name, "device": str(p.device), "mlflow run": run.run_id}
@@ -66,6 +69,13 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
     else:
         print_table(results_table("defense-cli run", ordered_metrics(metrics, ev), context, checks.flags))
     return metrics
+
+
+def suite_checkpoints(cfg: DictConfig, p: Prepared) -> SuiteCheckpoints:
+    """Where this config's attack suite keeps its checkpoints between attacks: a folder of the cache
+    named by the config hash, so a run of the same config killed before its end resumes from them."""
+    identity = config_hash(cfg)
+    return SuiteCheckpoints(p.cache / "suite_checkpoints" / identity, identity)
 
 
 def _reuse_finished_run(cfg: DictConfig, p: Prepared) -> dict[str, float] | None:
