@@ -203,14 +203,18 @@ def test_a_signal_inside_a_store_write_is_raised_when_the_write_ends():
 
 
 STUCK_IN_C = """
-import ctypes
+import ctypes, sys
 from defense_cli import termination
 termination.CLEAN_UP_SECONDS = 1.0
-with termination.signals_raise():
-    print("ready", flush=True)
-    # one C call that releases the GIL and retries its wait on EINTR (glibc system() -> waitpid), as
-    # a kernel or a store call would: Python's signal handler cannot run until it returns
-    ctypes.CDLL(None).system(b"sleep 25")
+# one C call that releases the GIL and retries its wait on EINTR (glibc system() -> waitpid), as
+# a kernel or a store call would: Python's signal handler cannot run until it returns
+system = ctypes.CDLL(None).system
+try:
+    with termination.signals_raise():
+        print("ready", flush=True)
+        system(b"sleep 25")
+except termination.TerminatedBySignal as stop:  # a signal before the call (a loaded machine): as the CLI exits
+    sys.exit(stop.exit_code)
 """
 
 HUNG_CLEAN_UP = """
